@@ -1,0 +1,3 @@
+"""aiserve: an agent-native GPU marketplace and model-serving platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from aiserve_mcp.cli import main
+
+main()

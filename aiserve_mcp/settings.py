@@ -1,0 +1,52 @@
+"""All configuration, read from ``AISERVE_*`` environment variables (the only module that reads them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Server settings. Every field maps to ``AISERVE_<NAME>``; the README lists them with defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="AISERVE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".aiserve")
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "aiserve:"
+    jwt_secret: SecretStr | None = None
+    access_token_ttl_s: int = Field(default=86_400, gt=0)
+    refresh_token_ttl_s: int = Field(default=30 * 86_400, gt=0)
+    rate_limit: int = Field(default=100, gt=0)
+    rate_limit_window_s: int = Field(default=60, gt=0)
+    auth_rate_limit: int = Field(default=20, gt=0)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(LOOPBACK_HOSTS))
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(LOOPBACK_ORIGINS))
+    trust_forwarded_for: bool = False
+    max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    api_key: SecretStr | None = None
+    log_level: str = "INFO"
+
+    _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_csv)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database URL, or a SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'aiserve.db'}"
