@@ -1,0 +1,61 @@
+"""The services one server process holds: built once from settings, shared by every surface."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+from redis.asyncio import Redis
+
+from aiserve_mcp.services.accounts import AccountService
+from aiserve_mcp.services.ratelimit import RateLimiter
+from aiserve_mcp.services.security import TokenSigner, load_or_create_secret
+from aiserve_mcp.services.telemetry import Telemetry
+from aiserve_mcp.settings import Settings
+from aiserve_mcp.storage.counters import MemoryWindowCounter, RedisWindowCounter, WindowCounter
+from aiserve_mcp.storage.database import Database
+from aiserve_mcp.storage.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    accounts: AccountService
+    rate_limiter: RateLimiter
+    telemetry: Telemetry
+    redis: Redis | None
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        """Build the services; nothing connects until first use. Call ``migrate()`` before serving."""
+        db = Database(settings.effective_database_url)
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        signer = TokenSigner(load_or_create_secret(secret, settings.data_dir), settings.access_token_ttl_s)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        counter: WindowCounter = (
+            RedisWindowCounter(redis, settings.redis_prefix) if redis is not None else MemoryWindowCounter()
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            accounts=AccountService(db, signer, settings.refresh_token_ttl_s),
+            rate_limiter=RateLimiter(counter, settings.rate_limit_window_s),
+            telemetry=Telemetry(),
+            redis=redis,
+        )
+
+    async def migrate(self) -> None:
+        """Apply pending database migrations (runs Alembic in a worker thread)."""
+        await anyio.to_thread.run_sync(upgrade, self.db.url)
+        log.info("database %s is at the latest schema", self.db.engine.url.render_as_string())
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.dispose()
