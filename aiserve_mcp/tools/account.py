@@ -1,0 +1,194 @@
+"""The caller's own account: profile, API keys and the full export."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from aiserve_mcp.services.principal import SCOPES
+from aiserve_mcp.storage.models import ApiKey, User
+from aiserve_mcp.tools.common import AwareDatetime, Input, NoInput
+from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+
+API_KEY_NOTICE = "Save this API key securely. It will not be shown again."
+
+
+class UserProfile(BaseModel):
+    id: str
+    email: str
+    name: str | None
+    is_admin: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserProfile:
+        return cls(
+            id=user.id,
+            email=user.email,
+            name=user.name,
+            is_admin=user.is_admin,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+        )
+
+
+class ApiKeyInfo(BaseModel):
+    """An API key's metadata. The key itself is never stored, so it can never be listed."""
+
+    id: str
+    name: str
+    prefix: str = Field(description="The first characters of the key, to recognise it.")
+    scopes: list[str] | None = Field(description="Granted scopes; null means every scope.")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyInfo:
+        return cls(
+            id=key.id,
+            name=key.name,
+            prefix=key.prefix,
+            scopes=key.scopes,
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            last_used_at=key.last_used_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class WhoamiOutput(BaseModel):
+    user: UserProfile
+    auth_method: str = Field(description="'jwt' or 'api_key'.")
+    api_key_id: str | None
+    scopes: list[str] = Field(description="Scopes this credential holds.")
+
+
+@tool(scope="account:read", annotations=Annotations("Who am I"))
+async def whoami(ctx: ToolContext, args: NoInput) -> WhoamiOutput:
+    """Show the account and credential this call is made with, including the scopes it holds."""
+    caller = ctx.caller()
+    user = await ctx.services.accounts.get_user(caller.user_id)
+    scopes = sorted(SCOPES) if caller.scopes is None else sorted(caller.scopes)
+    return WhoamiOutput(
+        user=UserProfile.of(user), auth_method=caller.via, api_key_id=caller.api_key_id, scopes=scopes
+    )
+
+
+class CreateApiKeyInput(Input):
+    name: str = Field(min_length=1, max_length=200, description="A label for the key, e.g. 'production'.")
+    expires_at: AwareDatetime = Field(
+        default=None, description="When the key stops working (ISO 8601 with zone)."
+    )
+    scopes: list[str] | None = Field(
+        default=None,
+        description="Scopes to grant, e.g. ['gpu:read', 'models:read']; omit for all the caller's scopes.",
+    )
+
+
+class CreateApiKeyOutput(BaseModel):
+    api_key: str = Field(description="The key. Shown once: store it now.")
+    id: str
+    name: str
+    scopes: list[str] | None
+    message: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+@tool(scope="account:write", annotations=Annotations("Create API key", read_only=False, idempotent=False))
+async def create_api_key(ctx: ToolContext, args: CreateApiKeyInput) -> CreateApiKeyOutput:
+    """Create an API key (``ak_live_...``) for programs and agents. The key is returned once and only its
+    hash is kept. Give each agent its own key with only the scopes it needs; a key can never hold a scope
+    the credential creating it lacks."""
+    key, plaintext = await ctx.services.accounts.create_api_key(
+        ctx.caller(), args.name, args.expires_at, args.scopes
+    )
+    return CreateApiKeyOutput(
+        api_key=plaintext,
+        id=key.id,
+        name=key.name,
+        scopes=key.scopes,
+        message=API_KEY_NOTICE,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+    )
+
+
+class ApiKeyList(BaseModel):
+    api_keys: list[ApiKeyInfo]
+    count: int
+
+
+@tool(scope="account:read", annotations=Annotations("List API keys"))
+async def list_api_keys(ctx: ToolContext, args: NoInput) -> ApiKeyList:
+    """List the caller's API keys (metadata only: name, prefix, scopes, expiry, last use, revocation)."""
+    keys = [ApiKeyInfo.of(k) for k in await ctx.services.accounts.list_api_keys(ctx.caller().user_id)]
+    return ApiKeyList(api_keys=keys, count=len(keys))
+
+
+class RevokeApiKeyInput(Input):
+    key_id: str = Field(max_length=64, description="The key's id, from list_api_keys.")
+
+
+class RevokeApiKeyOutput(BaseModel):
+    message: str
+    api_key: ApiKeyInfo
+
+
+@tool(scope="account:write", annotations=Annotations("Revoke API key", read_only=False, destructive=True))
+async def revoke_api_key(ctx: ToolContext, args: RevokeApiKeyInput) -> RevokeApiKeyOutput:
+    """Revoke one of the caller's API keys; requests with it are refused from now on. Cannot be undone."""
+    key = await ctx.services.accounts.revoke_api_key(ctx.caller().user_id, args.key_id)
+    return RevokeApiKeyOutput(message="API key revoked", api_key=ApiKeyInfo.of(key))
+
+
+class AccountExport(BaseModel):
+    user: UserProfile
+    api_keys: list[ApiKeyInfo]
+    usage_quota: dict[str, Any] | None = Field(
+        description="Model storage quota; null until model serving is enabled."
+    )
+    gpu_usage: list[dict[str, Any]]
+    transactions: list[dict[str, Any]]
+    credits: list[dict[str, Any]]
+    exported_at: datetime
+
+
+@tool(scope="account:read", annotations=Annotations("Export account"))
+async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
+    """Download everything the platform holds about the caller: profile, API keys (never their secrets),
+    quota, GPU usage, transactions and credits."""
+    caller = ctx.caller()
+    user = await ctx.services.accounts.get_user(caller.user_id)
+    keys = await ctx.services.accounts.list_api_keys(caller.user_id)
+    return AccountExport(
+        user=UserProfile.of(user),
+        api_keys=[ApiKeyInfo.of(k) for k in keys],
+        usage_quota=None,
+        gpu_usage=[],
+        transactions=[],
+        credits=[],
+        exported_at=datetime.now(UTC),
+    )
+
+
+class ListUsersInput(Input):
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class UserList(BaseModel):
+    users: list[UserProfile]
+    count: int
+
+
+@tool(scope="account:read", admin_only=True, annotations=Annotations("List users (admin)"))
+async def admin_list_users(ctx: ToolContext, args: ListUsersInput) -> UserList:
+    """Administrators only: list user accounts, oldest first, with paging (limit, offset)."""
+    users = [UserProfile.of(u) for u in await ctx.services.accounts.list_users(args.limit, args.offset)]
+    return UserList(users=users, count=len(users))

