@@ -1,0 +1,77 @@
+"""``create_app(settings)``: the one place where every layer meets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from aiserve_mcp.errors import NotFound, error_body
+from aiserve_mcp.protocols.gateway import ApiGatewayMiddleware, TelemetryMiddleware
+from aiserve_mcp.protocols.http_support import services_of
+from aiserve_mcp.protocols.mcp_http import McpHttpTransports, request_address_resolver, request_principal
+from aiserve_mcp.protocols.mcp_server import build_mcp_server
+from aiserve_mcp.rest_compat.endpoint import rest_routes
+from aiserve_mcp.rest_compat.openapi import openapi_document
+from aiserve_mcp.services.container import Services
+from aiserve_mcp.settings import Settings
+from aiserve_mcp.tools import REGISTRY
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def metrics(request: Request) -> Response:
+    return Response(services_of(request.scope).telemetry.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(REGISTRY))
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse(
+        error_body(NotFound(f"no route for {request.method} {request.url.path}")), status_code=404
+    )
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    body = {"error": f"{request.method} is not allowed on {request.url.path}", "code": "METHOD_NOT_ALLOWED"}
+    return JSONResponse(body, status_code=405)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    services = Services.create(settings)
+    mcp_server = build_mcp_server(
+        services, REGISTRY, request_principal, request_address_resolver(settings), surface="mcp"
+    )
+    mcp_http = McpHttpTransports(mcp_server, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await services.migrate()
+        try:
+            async with mcp_http.running():
+                yield
+        finally:
+            await services.close()
+
+    routes: list[BaseRoute] = [
+        *mcp_http.routes(),
+        *rest_routes(REGISTRY),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TelemetryMiddleware), Middleware(ApiGatewayMiddleware)],
+        exception_handlers={404: not_found, 405: method_not_allowed},
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app

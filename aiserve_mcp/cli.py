@@ -1,0 +1,152 @@
+"""The ``aiserve`` command: serve, mcp (stdio), db upgrade, user and key management."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from aiserve_mcp.errors import AiserveError
+from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.principal import SCOPES, Principal
+from aiserve_mcp.settings import Settings
+from aiserve_mcp.tools.auth import RegisterInput
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from aiserve_mcp.app import create_app
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=False
+    )
+
+
+def _mcp(args: argparse.Namespace, settings: Settings) -> None:
+    from aiserve_mcp.protocols.mcp_stdio import serve_stdio
+
+    asyncio.run(serve_stdio(settings))
+
+
+async def _with_services(settings: Settings, job: Callable[[Services], Awaitable[None]]) -> None:
+    services = Services.create(settings)
+    try:
+        await services.migrate()
+        await job(services)
+    finally:
+        await services.close()
+
+
+def _db_upgrade(args: argparse.Namespace, settings: Settings) -> None:
+    async def job(services: Services) -> None:
+        print(f"database at the latest schema: {services.db.engine.url.render_as_string()}")
+
+    asyncio.run(_with_services(settings, job))
+
+
+def _user_create(args: argparse.Namespace, settings: Settings) -> None:
+    password = args.password or getpass.getpass("Password: ")
+    fields = RegisterInput.model_validate({"email": args.email, "password": password, "name": args.name})
+
+    async def job(services: Services) -> None:
+        user = await services.accounts.create_user(
+            fields.email, fields.password, fields.name, is_admin=args.admin
+        )
+        print(f"created {'admin ' if user.is_admin else ''}user {user.email} ({user.id})")
+
+    asyncio.run(_with_services(settings, job))
+
+
+def _user_admin(args: argparse.Namespace, settings: Settings) -> None:
+    async def job(services: Services) -> None:
+        user = await services.accounts.set_admin(args.email.strip().lower(), not args.revoke)
+        print(f"{user.email} is {'now' if user.is_admin else 'no longer'} an admin")
+
+    asyncio.run(_with_services(settings, job))
+
+
+def _key_create(args: argparse.Namespace, settings: Settings) -> None:
+    async def job(services: Services) -> None:
+        accounts = services.accounts
+        user = await accounts.user_by_email(args.email.strip().lower())
+        owner = Principal(user.id, user.email, user.is_admin, "jwt")
+        key, plaintext = await accounts.create_api_key(owner, args.name, args.expires_at, args.scope)
+        print(plaintext)
+        print(f"key id {key.id}; store the key now, it is not shown again", file=sys.stderr)
+
+    asyncio.run(_with_services(settings, job))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiserve", description="Agent-native GPU and model-serving platform."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server (REST, MCP, metrics)")
+    serve.add_argument("--host", help="bind address (default: AISERVE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: AISERVE_PORT or 8080)")
+    serve.set_defaults(run=_serve)
+
+    mcp = commands.add_parser("mcp", help="serve MCP over stdio as the owner of AISERVE_API_KEY")
+    mcp.set_defaults(run=_mcp)
+
+    db = commands.add_parser("db", help="database maintenance").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("upgrade", help="apply pending migrations").set_defaults(run=_db_upgrade)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    create = user.add_parser("create", help="create a user (password prompted when omitted)")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password")
+    create.add_argument("--name")
+    create.add_argument("--admin", action="store_true", help="make the user an administrator")
+    create.set_defaults(run=_user_create)
+    admin = user.add_parser("admin", help="grant (or with --revoke, remove) administrator rights")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--revoke", action="store_true")
+    admin.set_defaults(run=_user_admin)
+
+    key = commands.add_parser("key", help="manage API keys").add_subparsers(dest="key_command", required=True)
+    key_create = key.add_parser("create", help="create an API key for a user and print it once")
+    key_create.add_argument("--email", required=True, help="the owner's email")
+    key_create.add_argument("--name", default="cli", help="a label for the key")
+    key_create.add_argument("--expires-at", type=datetime.fromisoformat, help="ISO 8601 with zone")
+    key_create.add_argument(
+        "--scope",
+        action="append",
+        choices=sorted(SCOPES),
+        help="grant only this scope (repeatable; default: all)",
+    )
+    key_create.set_defaults(run=_key_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    _configure_logging(settings)
+    try:
+        args.run(args, settings)
+    except AiserveError as exc:
+        raise SystemExit(f"error: {exc.message}") from None
+    except ValidationError as exc:
+        raise SystemExit(f"error: {exc.errors(include_url=False)[0]['msg']}") from None

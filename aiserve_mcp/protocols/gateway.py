@@ -1,0 +1,105 @@
+"""ASGI middleware in front of every route: telemetry, then authentication and rate limiting on the API."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aiserve_mcp.errors import AiserveError, AuthInvalid, RateLimited
+from aiserve_mcp.protocols.http_support import client_address, error_response, services_of
+from aiserve_mcp.services.principal import Principal
+
+API_PREFIX = "/api/v1"
+
+
+class TelemetryMiddleware:
+    """Counts every HTTP request and measures its duration, labelled by route template (not raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        telemetry = services_of(scope).telemetry
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        telemetry.request_started()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            telemetry.request_finished(scope["method"], label, status, time.perf_counter() - started)
+
+
+def bearer_credential(headers: Headers) -> str | None:
+    """The token or API key from ``Authorization: Bearer ...`` or ``X-API-Key``."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthInvalid("Authorization header must be 'Bearer <token or API key>'")
+        return value.strip()
+    api_key = headers.get("x-api-key")
+    return api_key.strip() if api_key else None
+
+
+class ApiGatewayMiddleware:
+    """On ``/api/v1``: resolve the caller (bad credentials are refused at once; missing ones are left to
+    each route), then spend one request of the caller's budget (per user, or per address when anonymous)
+    and report it in ``X-RateLimit-*`` headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        services = services_of(scope)
+        settings = services.settings
+        try:
+            principal = await self._authenticate(scope)
+            scope.setdefault("state", {})["principal"] = principal
+            key = (
+                principal.rate_limit_key
+                if principal
+                else f"ip:{client_address(scope, settings.trust_forwarded_for)}"
+            )
+            budget = await services.rate_limiter.spend(key, settings.rate_limit)
+        except AiserveError as exc:
+            headers = {}
+            if isinstance(exc, RateLimited):
+                services.telemetry.rate_limit_refusals.labels("api").inc()
+                headers = {
+                    "X-RateLimit-Limit": str(settings.rate_limit),
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Reset": str(exc.retry_after_s),
+                }
+            await error_response(exc, headers)(scope, receive, send)
+            return
+
+        async def send_with_budget(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(budget.headers())
+            await send(message)
+
+        await self.app(scope, receive, send_with_budget)
+
+    @staticmethod
+    async def _authenticate(scope: Scope) -> Principal | None:
+        credential = bearer_credential(Headers(scope=scope))
+        if credential is None:
+            return None
+        return await services_of(scope).accounts.authenticate(credential)

@@ -1,0 +1,71 @@
+"""Small helpers every HTTP adapter shares: error responses, the caller, the client address, JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Scope
+
+from aiserve_mcp.errors import (
+    AiserveError,
+    PayloadTooLarge,
+    ValidationFailed,
+    error_body,
+    error_headers,
+    kind_of,
+)
+from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.principal import Principal
+
+
+def error_response(error: AiserveError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(error),
+        status_code=kind_of(error).http_status,
+        headers={**error_headers(error), **(headers or {})},
+    )
+
+
+def services_of(scope: Scope) -> Services:
+    services = scope["app"].state.services
+    assert isinstance(services, Services)
+    return services
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    principal = scope.get("state", {}).get("principal")
+    return principal if isinstance(principal, Principal) else None
+
+
+def client_address(scope: Scope, trust_forwarded_for: bool) -> str | None:
+    """The caller's address; ``X-Forwarded-For`` only counts when the operator says a proxy sets it."""
+    if trust_forwarded_for:
+        for name, value in scope.get("headers", []):
+            if name == b"x-forwarded-for":
+                return value.decode("latin-1").split(",")[0].strip() or None
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object (``{}`` when empty), refusing bodies over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("request body must be a JSON object")
+    return data

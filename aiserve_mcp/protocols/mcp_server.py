@@ -1,0 +1,112 @@
+"""The MCP server (official SDK, low-level ``Server``): lists and calls the registry's tools.
+
+Refusals are ``isError`` results whose text is the spec's error body (code + message an agent can act on),
+never a JSON-RPC error and never a hidden "Error executing tool".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from mcp import types
+from mcp.server import Server, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from aiserve_mcp import __version__
+from aiserve_mcp.errors import AiserveError, NotFound, error_body
+from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.principal import Principal
+from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
+from aiserve_mcp.tools.runner import call_tool
+
+TOOLS_PAGE_SIZE = 50
+INSTRUCTIONS = (
+    "aiserve: rent GPUs across marketplaces, balance traffic over them, serve your own models, pay, and "
+    "stay inside the spending limits you set. Every tool returns structured JSON. A refused call returns "
+    'isError with {"error", "code", "details"}: read the code (AUTH_INVALID, VALIDATION_ERROR, NOT_FOUND, '
+    "SPENDING_LIMIT, RATE_LIMITED, ...) and the message to decide what to do next."
+)
+
+PrincipalResolver = Callable[[ServerRequestContext[object]], Principal | None]
+AddressResolver = Callable[[ServerRequestContext[object]], str | None]
+
+
+def mcp_tool(tool: Tool) -> types.Tool:
+    hints = tool.annotations
+    return types.Tool(
+        name=tool.name,
+        title=hints.title,
+        description=tool.description,
+        input_schema=tool.input_model.model_json_schema(),
+        output_schema=tool.output_model.model_json_schema(mode="serialization"),
+        annotations=types.ToolAnnotations(
+            title=hints.title,
+            read_only_hint=hints.read_only,
+            destructive_hint=hints.destructive,
+            idempotent_hint=hints.idempotent,
+            open_world_hint=hints.open_world,
+        ),
+    )
+
+
+def refusal(error: AiserveError) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(error_body(error)))],
+        is_error=True,
+    )
+
+
+def _page_offset(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit():
+        raise MCPError(code=types.INVALID_PARAMS, message=f"invalid cursor {cursor!r}")
+    return int(cursor)
+
+
+def build_mcp_server(
+    services: Services,
+    registry: ToolRegistry,
+    principal_of: PrincipalResolver,
+    address_of: AddressResolver,
+    surface: str,
+) -> Server[object]:
+    """An MCP server over ``registry`` whose caller for each request comes from ``principal_of``."""
+
+    async def list_tools(
+        ctx: ServerRequestContext[object], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        principal = principal_of(ctx)
+        visible = [t for t in registry if t.visible_to(principal)]
+        offset = _page_offset(params.cursor if params else None)
+        page = visible[offset : offset + TOOLS_PAGE_SIZE]
+        more = offset + TOOLS_PAGE_SIZE < len(visible)
+        return types.ListToolsResult(
+            tools=[mcp_tool(t) for t in page], next_cursor=str(offset + TOOLS_PAGE_SIZE) if more else None
+        )
+
+    async def call(
+        ctx: ServerRequestContext[object], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        tool_ctx = ToolContext(services, principal_of(ctx), surface, address_of(ctx))
+        try:
+            tool = registry.get(params.name)
+            if not tool.agent_visible:
+                raise NotFound(f"unknown tool '{params.name}'")
+            result = await call_tool(tool, params.arguments or {}, tool_ctx)
+        except AiserveError as exc:
+            return refusal(exc)
+        data = result.model_dump(mode="json")
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(data))], structured_content=data
+        )
+
+    return Server(
+        "aiserve",
+        version=__version__,
+        title="aiserve",
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call,
+    )

@@ -1,0 +1,1 @@
+"""The documented REST API as data: each route names the tool that serves it."""

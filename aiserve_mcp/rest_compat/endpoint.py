@@ -1,0 +1,78 @@
+"""The one generic REST endpoint: bind path, query and body to a tool's input, call it, render the result."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from aiserve_mcp.errors import AiserveError, NotImplementedYet
+from aiserve_mcp.protocols.http_support import (
+    client_address,
+    error_response,
+    principal_of,
+    read_json_object,
+    services_of,
+)
+from aiserve_mcp.rest_compat.routes import PENDING, ROUTES, PendingRoute, RestRoute
+from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
+from aiserve_mcp.tools.runner import call_tool
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+async def bind_arguments(request: Request, fields: set[str], limit: int) -> dict[str, Any]:
+    """Merge the JSON body (POST/PUT/PATCH) or the query string (GET/DELETE) with the path parameters.
+    Query parameters the tool does not take are ignored (cache busters and the like); path parameters win."""
+    if request.method in ("GET", "DELETE", "HEAD"):
+        arguments: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in fields}
+    else:
+        arguments = await read_json_object(request, limit)
+    arguments.update(request.path_params)
+    return arguments
+
+
+def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
+    tool = registry.get(route.tool)
+    fields = set(tool.input_model.model_fields)
+
+    async def endpoint(request: Request) -> Response:
+        services = services_of(request.scope)
+        try:
+            arguments = await bind_arguments(request, fields, services.settings.max_request_body_bytes)
+            ctx = ToolContext(
+                services=services,
+                principal=principal_of(request.scope),
+                surface="rest",
+                client_address=client_address(request.scope, services.settings.trust_forwarded_for),
+            )
+            result = await call_tool(tool, arguments, ctx)
+        except AiserveError as exc:
+            return error_response(exc)
+        status = route.status_of(result) if route.status_of else route.status
+        return JSONResponse(result.model_dump(mode="json"), status_code=status)
+
+    return endpoint
+
+
+def pending_endpoint(route: PendingRoute) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        return error_response(
+            NotImplementedYet(
+                f"{route.method} {route.path} is part of the API, but {route.feature} is not available "
+                "on this server yet",
+                {"feature": route.feature},
+            )
+        )
+
+    return endpoint
+
+
+def rest_routes(registry: ToolRegistry) -> list[Route]:
+    """Starlette routes for the whole table (several methods on one path become one route each)."""
+    routes = [Route(r.path, tool_endpoint(r, registry), methods=[r.method]) for r in ROUTES]
+    routes += [Route(p.path, pending_endpoint(p), methods=[p.method]) for p in PENDING]
+    return routes

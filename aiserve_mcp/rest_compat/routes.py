@@ -1,0 +1,93 @@
+"""The REST route table: ``(method, path) -> tool``, and the spec routes whose feature has not landed yet.
+
+Path parameters, query parameters (for GET and DELETE) and the JSON body are merged into the tool's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from aiserve_mcp.tools.system import HealthOutput
+
+
+@dataclass(frozen=True)
+class RestRoute:
+    method: str
+    path: str
+    tool: str
+    status: int = 200
+    status_of: Callable[[BaseModel], int] | None = None
+
+
+@dataclass(frozen=True)
+class PendingRoute:
+    """A route of the API reference whose feature is not built yet: it answers 501 ``NOT_IMPLEMENTED``."""
+
+    method: str
+    path: str
+    feature: str
+
+
+def _health_status(out: BaseModel) -> int:
+    assert isinstance(out, HealthOutput)
+    return 200 if out.status == "ok" else 503
+
+
+ROUTES: list[RestRoute] = [
+    RestRoute("POST", "/api/v1/auth/register", "auth_register", 201),
+    RestRoute("POST", "/api/v1/auth/login", "auth_login"),
+    RestRoute("POST", "/api/v1/auth/refresh", "auth_refresh"),
+    RestRoute("POST", "/api/v1/auth/logout", "auth_logout"),
+    RestRoute("POST", "/api/v1/auth/apikey", "create_api_key", 201),
+    RestRoute("GET", "/api/v1/auth/apikeys", "list_api_keys"),
+    RestRoute("DELETE", "/api/v1/auth/apikey/{key_id}", "revoke_api_key"),
+    RestRoute("GET", "/api/v1/user/me", "whoami"),
+    RestRoute("GET", "/api/v1/user/export", "export_account"),
+    RestRoute("GET", "/api/v1/admin/users", "admin_list_users"),
+    RestRoute("GET", "/health", "system_health", status_of=_health_status),
+    RestRoute("GET", "/stats", "system_stats"),
+]
+
+_GPU = "GPU marketplace"
+_LB = "load balancing"
+_BILLING = "billing"
+_GUARDRAILS = "spending guardrails"
+_MODELS = "model serving"
+_AGENTS = "agent protocols"
+
+PENDING: list[PendingRoute] = [
+    PendingRoute("GET", "/api/v1/gpu/instances", _GPU),
+    PendingRoute("POST", "/api/v1/gpu/instances/batch", _GPU),
+    PendingRoute("POST", "/api/v1/gpu/instances/reserve", _GPU),
+    PendingRoute("POST", "/api/v1/gpu/instances/{provider}/{instance_id}", _GPU),
+    PendingRoute("DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", _GPU),
+    PendingRoute("POST", "/api/v1/gpu/proxy", _LB),
+    PendingRoute("GET", "/api/v1/gpu/preferences", _GPU),
+    PendingRoute("POST", "/api/v1/gpu/preferences", _GPU),
+    PendingRoute("POST", "/api/v1/gpu/preferences/test", _GPU),
+    PendingRoute("GET", "/api/v1/gpu/available", _GPU),
+    PendingRoute("GET", "/api/v1/gpu/examples", _GPU),
+    PendingRoute("GET", "/api/v1/loadbalancer/loads", _LB),
+    PendingRoute("GET", "/api/v1/loadbalancer/load", _LB),
+    PendingRoute("GET", "/api/v1/loadbalancer/strategy", _LB),
+    PendingRoute("PUT", "/api/v1/loadbalancer/strategy", _LB),
+    PendingRoute("POST", "/api/v1/billing/payment", _BILLING),
+    PendingRoute("GET", "/api/v1/billing/transactions", _BILLING),
+    PendingRoute("GET", "/api/v1/guardrails/spending", _GUARDRAILS),
+    PendingRoute("POST", "/api/v1/guardrails/spending/record", _GUARDRAILS),
+    PendingRoute("POST", "/api/v1/guardrails/spending/check", _GUARDRAILS),
+    PendingRoute("POST", "/api/v1/guardrails/spending/reset", _GUARDRAILS),
+    PendingRoute("POST", "/api/v1/models/upload", _MODELS),
+    PendingRoute("GET", "/api/v1/models", _MODELS),
+    PendingRoute("GET", "/api/v1/models/formats", _MODELS),
+    PendingRoute("GET", "/api/v1/models/{model_id}", _MODELS),
+    PendingRoute("DELETE", "/api/v1/models/{model_id}", _MODELS),
+    PendingRoute("POST", "/api/v1/models/{model_id}/predict", _MODELS),
+    PendingRoute("GET", "/api/v1/models/{model_id}/metrics", _MODELS),
+    PendingRoute("GET", "/api/v1/quota", _MODELS),
+    PendingRoute("POST", "/api/v1/agent", _AGENTS),
+    PendingRoute("GET", "/ws", _AGENTS),
+]
