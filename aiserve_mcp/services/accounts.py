@@ -97,17 +97,28 @@ class AccountService:
         )
         return TokenPair(self._signer.issue(user_id, session_id), refresh, self._signer.ttl_s)
 
+    @staticmethod
+    async def _login_of(session: AsyncSession, refresh_token: str) -> tuple[RefreshToken, LoginSession]:
+        row = await session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == digest(refresh_token))
+        )
+        login = await session.get(LoginSession, row.session_id) if row is not None else None
+        if row is None or login is None:
+            raise AuthInvalid("refresh token is invalid")
+        return row, login
+
+    @staticmethod
+    def _revoke(login: LoginSession, reason: str) -> None:
+        if login.revoked_at is None:
+            login.revoked_at = _now()
+            login.revoked_reason = reason
+
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Rotate: the presented token is spent and a new pair issued. A spent token presented again
         revokes its whole login, since it means the token was stolen or replayed."""
         async with self._db.session() as session:
-            row = await session.scalar(
-                select(RefreshToken).where(RefreshToken.token_hash == digest(refresh_token))
-            )
-            if row is None:
-                raise AuthInvalid("refresh token is invalid")
-            login = await session.get(LoginSession, row.session_id)
-            if login is None or login.revoked_at is not None:
+            row, login = await self._login_of(session, refresh_token)
+            if login.revoked_at is not None:
                 raise AuthInvalid("refresh token belongs to a login that was revoked; log in again")
             if row.expires_at <= _now():
                 raise AuthInvalid("refresh token has expired; log in again")
@@ -116,31 +127,22 @@ class AccountService:
                 .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
                 .values(used_at=_now())
             )
-            if spent.rowcount != 1:  # type: ignore[attr-defined]
-                login.revoked_at = _now()
-                login.revoked_reason = "refresh_token_reuse"
-                reused = True
+            reused = spent.rowcount != 1  # type: ignore[attr-defined]
+            if reused:
+                self._revoke(login, "refresh_token_reuse")
             else:
-                reused = False
                 user = await session.get(User, login.user_id)
                 if user is None or not user.is_active:
                     raise AuthInvalid("account is disabled")
                 pair = self._mint(session, user.id, login.id)
-        if reused:
+        if reused:  # raised after the commit, so the revocation is kept
             raise AuthInvalid("refresh token was already used; this login has been revoked, log in again")
         return pair
 
     async def logout(self, refresh_token: str) -> None:
         async with self._db.session() as session:
-            row = await session.scalar(
-                select(RefreshToken).where(RefreshToken.token_hash == digest(refresh_token))
-            )
-            if row is None:
-                raise AuthInvalid("refresh token is invalid")
-            login = await session.get(LoginSession, row.session_id)
-            if login is not None and login.revoked_at is None:
-                login.revoked_at = _now()
-                login.revoked_reason = "logout"
+            _, login = await self._login_of(session, refresh_token)
+            self._revoke(login, "logout")
 
     async def authenticate(self, credential: str) -> Principal:
         """Resolve a bearer credential (access token or API key) to a principal, or raise ``AuthInvalid``."""

@@ -23,7 +23,7 @@ JWT_ISSUER = "aiserve"
 _MIN_SECRET_BYTES = 32
 
 _hasher = PasswordHasher()  # Argon2id with the library's current recommended cost
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_DECOY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -33,7 +33,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Check ``password``; with no hash (unknown user) burn the same time and return False."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _hasher.verify(password_hash or _DECOY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from aiserve_mcp.services.principal import SCOPES
-from aiserve_mcp.storage.models import ApiKey, User
 from aiserve_mcp.tools.common import AwareDatetime, Input, NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
@@ -16,6 +15,8 @@ API_KEY_NOTICE = "Save this API key securely. It will not be shown again."
 
 
 class UserProfile(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     email: str
     name: str | None
@@ -23,20 +24,11 @@ class UserProfile(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def of(cls, user: User) -> UserProfile:
-        return cls(
-            id=user.id,
-            email=user.email,
-            name=user.name,
-            is_admin=user.is_admin,
-            created_at=user.created_at,
-            updated_at=user.updated_at,
-        )
-
 
 class ApiKeyInfo(BaseModel):
     """An API key's metadata. The key itself is never stored, so it can never be listed."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: str
     name: str
@@ -46,19 +38,6 @@ class ApiKeyInfo(BaseModel):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, key: ApiKey) -> ApiKeyInfo:
-        return cls(
-            id=key.id,
-            name=key.name,
-            prefix=key.prefix,
-            scopes=key.scopes,
-            created_at=key.created_at,
-            expires_at=key.expires_at,
-            last_used_at=key.last_used_at,
-            revoked_at=key.revoked_at,
-        )
 
 
 class WhoamiOutput(BaseModel):
@@ -75,7 +54,10 @@ async def whoami(ctx: ToolContext, args: NoInput) -> WhoamiOutput:
     user = await ctx.services.accounts.get_user(caller.user_id)
     scopes = sorted(SCOPES) if caller.scopes is None else sorted(caller.scopes)
     return WhoamiOutput(
-        user=UserProfile.of(user), auth_method=caller.via, api_key_id=caller.api_key_id, scopes=scopes
+        user=UserProfile.model_validate(user),
+        auth_method=caller.via,
+        api_key_id=caller.api_key_id,
+        scopes=scopes,
     )
 
 
@@ -127,7 +109,9 @@ class ApiKeyList(BaseModel):
 @tool(scope="account:read", annotations=Annotations("List API keys"))
 async def list_api_keys(ctx: ToolContext, args: NoInput) -> ApiKeyList:
     """List the caller's API keys (metadata only: name, prefix, scopes, expiry, last use, revocation)."""
-    keys = [ApiKeyInfo.of(k) for k in await ctx.services.accounts.list_api_keys(ctx.caller().user_id)]
+    keys = [
+        ApiKeyInfo.model_validate(k) for k in await ctx.services.accounts.list_api_keys(ctx.caller().user_id)
+    ]
     return ApiKeyList(api_keys=keys, count=len(keys))
 
 
@@ -144,7 +128,7 @@ class RevokeApiKeyOutput(BaseModel):
 async def revoke_api_key(ctx: ToolContext, args: RevokeApiKeyInput) -> RevokeApiKeyOutput:
     """Revoke one of the caller's API keys; requests with it are refused from now on. Cannot be undone."""
     key = await ctx.services.accounts.revoke_api_key(ctx.caller().user_id, args.key_id)
-    return RevokeApiKeyOutput(message="API key revoked", api_key=ApiKeyInfo.of(key))
+    return RevokeApiKeyOutput(message="API key revoked", api_key=ApiKeyInfo.model_validate(key))
 
 
 class AccountExport(BaseModel):
@@ -167,8 +151,8 @@ async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
     user = await ctx.services.accounts.get_user(caller.user_id)
     keys = await ctx.services.accounts.list_api_keys(caller.user_id)
     return AccountExport(
-        user=UserProfile.of(user),
-        api_keys=[ApiKeyInfo.of(k) for k in keys],
+        user=UserProfile.model_validate(user),
+        api_keys=[ApiKeyInfo.model_validate(k) for k in keys],
         usage_quota=None,
         gpu_usage=[],
         transactions=[],
@@ -190,5 +174,7 @@ class UserList(BaseModel):
 @tool(scope="account:read", admin_only=True, annotations=Annotations("List users (admin)"))
 async def admin_list_users(ctx: ToolContext, args: ListUsersInput) -> UserList:
     """Administrators only: list user accounts, oldest first, with paging (limit, offset)."""
-    users = [UserProfile.of(u) for u in await ctx.services.accounts.list_users(args.limit, args.offset)]
+    users = [
+        UserProfile.model_validate(u) for u in await ctx.services.accounts.list_users(args.limit, args.offset)
+    ]
     return UserList(users=users, count=len(users))
