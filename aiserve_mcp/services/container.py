@@ -10,6 +10,7 @@ import anyio
 from redis.asyncio import Redis
 
 from aiserve_mcp.services.accounts import AccountService
+from aiserve_mcp.services.gpu_preferences import GpuPreferenceStore
 from aiserve_mcp.services.ratelimit import RateLimiter
 from aiserve_mcp.services.security import TokenSigner, load_or_create_secret
 from aiserve_mcp.services.telemetry import Telemetry
@@ -29,6 +30,7 @@ class Services:
     rate_limiter: RateLimiter
     telemetry: Telemetry
     redis: Redis | None
+    gpu_preferences: GpuPreferenceStore
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -48,6 +50,7 @@ class Services:
             rate_limiter=RateLimiter(counter, settings.rate_limit_window_s),
             telemetry=Telemetry(),
             redis=redis,
+            gpu_preferences=GpuPreferenceStore(db),
         )
 
     async def migrate(self) -> None:

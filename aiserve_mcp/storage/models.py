@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, String, TypeDecorator
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, Numeric, String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -90,3 +91,19 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class GpuPreference(Base):
+    """A user's GPU selection preferences (one row per user, replaced on every save)."""
+
+    __tablename__ = "gpu_preferences"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    preferred_vendors: Mapped[list[str]] = mapped_column(JSON)
+    preferred_tiers: Mapped[list[str]] = mapped_column(JSON)
+    min_vram: Mapped[int] = mapped_column(Integer)
+    max_price_per_hour: Mapped[Decimal | None] = mapped_column(Numeric(12, 4))
+    priority: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
