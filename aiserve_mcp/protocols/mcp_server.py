@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import cache
 
 from mcp import types
 from mcp.server import Server, ServerRequestContext
@@ -32,7 +33,9 @@ PrincipalResolver = Callable[[ServerRequestContext[object]], Principal | None]
 AddressResolver = Callable[[ServerRequestContext[object]], str | None]
 
 
+@cache
 def mcp_tool(tool: Tool) -> types.Tool:
+    """The MCP description of a tool (built once: schemas do not change while the server runs)."""
     hints = tool.annotations
     return types.Tool(
         name=tool.name,
