@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -34,7 +35,9 @@ def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> di
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+@cache
 def openapi_document(registry: ToolRegistry) -> dict[str, Any]:
+    """Built once per registry: the routes and schemas do not change while the server runs."""
     components: dict[str, Any] = {"Error": _ERROR_SCHEMA}
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
