@@ -71,6 +71,10 @@ class ServiceUnavailable(AiserveError):
     """A dependency the action needs is down or not configured."""
 
 
+class UpstreamFailed(AiserveError):
+    """A service this platform calls (a GPU marketplace, a rented instance) failed or did not answer."""
+
+
 class InternalError(AiserveError):
     """An unexpected failure; the message never carries internals."""
 
@@ -97,6 +101,7 @@ ERROR_TABLE: dict[type[AiserveError], ErrorKind] = {
     RateLimited: ErrorKind(429, "RATE_LIMITED", -32029),
     QuotaExceeded: ErrorKind(429, "QUOTA_EXCEEDED", -32029),
     InternalError: ErrorKind(500, "INTERNAL_ERROR", -32603),
+    UpstreamFailed: ErrorKind(502, "UPSTREAM_ERROR", -32000),
     NotImplementedYet: ErrorKind(501, "NOT_IMPLEMENTED", -32601),
     ServiceUnavailable: ErrorKind(503, "SERVICE_UNAVAILABLE", -32000),
 }

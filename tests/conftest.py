@@ -150,11 +150,10 @@ class LiveServer:
     app: Starlette
 
 
-@pytest.fixture
-async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
-    """The app served by uvicorn on a loopback port, in this test's event loop."""
+@asynccontextmanager
+async def serve(app: Starlette) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in this event loop; yields its base URL."""
     port = free_port()
-    app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -164,10 +163,18 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", app)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app served by uvicorn on a loopback port, in this test's event loop."""
+    app = create_app(settings)
+    async with serve(app) as url:
+        yield LiveServer(url, app)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""GPU marketplaces behind one interface: vast.ai, io.net and this host."""

@@ -1,0 +1,1 @@
+"""Local HTTP servers that answer as the real external APIs do."""
