@@ -1,4 +1,4 @@
-"""The ``aiserve`` command: serve, mcp (stdio), db upgrade, user and key management."""
+"""The ``aiserve`` command: serve, worker, mcp (stdio), db upgrade, user and key management."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=False
     )
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> None:
+    from aiserve_mcp.worker.app import serve_worker
+
+    serve_worker(args.host, args.port)
 
 
 def _mcp(args: argparse.Namespace, settings: Settings) -> None:
@@ -104,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default: AISERVE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: AISERVE_PORT or 8080)")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run the worker that serves models on a rented instance (token: AISERVE_WORKER_TOKEN)"
+    )
+    worker.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    worker.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: 8000)")
+    worker.set_defaults(run=_worker)
 
     mcp = commands.add_parser("mcp", help="serve MCP over stdio as the owner of AISERVE_API_KEY")
     mcp.set_defaults(run=_mcp)
