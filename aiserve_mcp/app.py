@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -56,8 +57,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.migrate()
         try:
-            async with mcp_http.running():
+            async with mcp_http.running(), anyio.create_task_group() as background:
+                background.start_soon(services.market.expire_forever, settings.expiry_check_interval_s)
                 yield
+                background.cancel_scope.cancel()
         finally:
             await services.close()
 

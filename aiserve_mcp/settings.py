@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +41,15 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     api_key: SecretStr | None = None
+    vastai_url: str = "https://console.vast.ai"
+    vastai_api_key: SecretStr | None = None
+    ionet_url: str = "https://api.io.solutions"
+    ionet_api_key: SecretStr | None = None
+    local_price_per_hour: Decimal = Field(default=Decimal(0), ge=0)
+    local_cpu_slots: int = Field(default=2, ge=0, le=64)
+    provider_timeout_s: float = Field(default=20.0, gt=0)
+    offer_cache_ttl_s: float = Field(default=30.0, ge=0)
+    expiry_check_interval_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_csv)

@@ -92,7 +92,9 @@ def build_mcp_server(
     async def call(
         ctx: ServerRequestContext[object], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        tool_ctx = ToolContext(services, principal_of(ctx), surface, address_of(ctx))
+        tool_ctx = ToolContext(
+            services, principal_of(ctx), surface, address_of(ctx), progress=ctx.session.report_progress
+        )
         try:
             tool = registry.get(params.name)
             if not tool.agent_visible:

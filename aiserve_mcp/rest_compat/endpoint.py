@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from aiserve_mcp.errors import AiserveError, NotImplementedYet
@@ -53,7 +53,7 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
         except AiserveError as exc:
             return error_response(exc)
         status = route.status_of(result) if route.status_of else route.status
-        return JSONResponse(result.model_dump(mode="json"), status_code=status)
+        return Response(result.model_dump_json(), status_code=status, media_type="application/json")
 
     return endpoint
 

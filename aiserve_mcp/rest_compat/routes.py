@@ -52,11 +52,17 @@ ROUTES: list[RestRoute] = [
     RestRoute("POST", "/api/v1/gpu/preferences/test", "test_gpu_preferences"),
     RestRoute("GET", "/api/v1/gpu/available", "list_available_gpus"),
     RestRoute("GET", "/api/v1/gpu/examples", "gpu_preference_examples"),
+    RestRoute("GET", "/api/v1/gpu/instances", "search_gpu_offers"),
+    RestRoute("POST", "/api/v1/gpu/instances/batch", "batch_rent_gpu_instances", 201),
+    RestRoute("POST", "/api/v1/gpu/instances/reserve", "reserve_gpus", 201),
+    RestRoute("POST", "/api/v1/gpu/instances/{provider}/{instance_id}", "rent_gpu_instance", 201),
+    RestRoute("DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", "destroy_gpu_instance"),
+    RestRoute("GET", "/api/v1/gpu/contracts", "list_gpu_contracts"),
+    RestRoute("GET", "/api/v1/gpu/contracts/{contract_id}", "get_gpu_contract"),
     RestRoute("GET", "/health", "system_health", status_of=_health_status),
     RestRoute("GET", "/stats", "system_stats"),
 ]
 
-_GPU = "GPU marketplace"
 _LB = "load balancing"
 _BILLING = "billing"
 _GUARDRAILS = "spending guardrails"
@@ -64,11 +70,6 @@ _MODELS = "model serving"
 _AGENTS = "agent protocols"
 
 PENDING: list[PendingRoute] = [
-    PendingRoute("GET", "/api/v1/gpu/instances", _GPU),
-    PendingRoute("POST", "/api/v1/gpu/instances/batch", _GPU),
-    PendingRoute("POST", "/api/v1/gpu/instances/reserve", _GPU),
-    PendingRoute("POST", "/api/v1/gpu/instances/{provider}/{instance_id}", _GPU),
-    PendingRoute("DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", _GPU),
     PendingRoute("POST", "/api/v1/gpu/proxy", _LB),
     PendingRoute("GET", "/api/v1/loadbalancer/loads", _LB),
     PendingRoute("GET", "/api/v1/loadbalancer/load", _LB),

@@ -7,9 +7,18 @@ import time
 from dataclasses import dataclass, field
 
 import anyio
+import httpx
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
+from aiserve_mcp.providers.base import Provider
+from aiserve_mcp.providers.ionet import IoNetProvider
+from aiserve_mcp.providers.local import LocalProvider
+from aiserve_mcp.providers.vastai import VastAiProvider
 from aiserve_mcp.services.accounts import AccountService
+from aiserve_mcp.services.gpu_catalog import default_catalog
+from aiserve_mcp.services.gpu_contracts import ContractStore
+from aiserve_mcp.services.gpu_market import GpuMarket
 from aiserve_mcp.services.gpu_preferences import GpuPreferenceStore
 from aiserve_mcp.services.ratelimit import RateLimiter
 from aiserve_mcp.services.security import TokenSigner, load_or_create_secret
@@ -31,6 +40,8 @@ class Services:
     telemetry: Telemetry
     redis: Redis | None
     gpu_preferences: GpuPreferenceStore
+    market: GpuMarket
+    outbound: httpx.AsyncClient
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -43,6 +54,9 @@ class Services:
         counter: WindowCounter = (
             RedisWindowCounter(redis, settings.redis_prefix) if redis is not None else MemoryWindowCounter()
         )
+        outbound = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.provider_timeout_s), follow_redirects=False, trust_env=False
+        )
         return cls(
             settings=settings,
             db=db,
@@ -51,6 +65,14 @@ class Services:
             telemetry=Telemetry(),
             redis=redis,
             gpu_preferences=GpuPreferenceStore(db),
+            market=GpuMarket(
+                ContractStore(db),
+                _providers(settings, outbound),
+                default_catalog(),
+                cache_ttl_s=settings.offer_cache_ttl_s,
+                timeout_s=settings.provider_timeout_s,
+            ),
+            outbound=outbound,
         )
 
     async def migrate(self) -> None:
@@ -59,6 +81,19 @@ class Services:
         log.info("database %s is at the latest schema", self.db.engine.url.render_as_string())
 
     async def close(self) -> None:
+        await self.market.aclose()
+        await self.outbound.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.dispose()
+
+
+def _providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
+    def key(secret: SecretStr | None) -> str | None:
+        return secret.get_secret_value() if secret else None
+
+    return {
+        "vastai": VastAiProvider(client, settings.vastai_url, key(settings.vastai_api_key)),
+        "ionet": IoNetProvider(client, settings.ionet_url, key(settings.ionet_api_key)),
+        "local": LocalProvider(settings.local_price_per_hour, settings.local_cpu_slots),
+    }

@@ -107,3 +107,35 @@ class GpuPreference(Base):
     priority: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class GpuContract(Base):
+    """One GPU instance a user rented: who owns it, what it costs, and its last known state.
+
+    ``status`` is provisioning, running, failed or destroyed; ``expires_at`` is when the rented duration
+    ends (prepaid providers stop then; metered ones are destroyed then unless ``auto_renew``).
+    """
+
+    __tablename__ = "gpu_contracts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    offer_id: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str | None] = mapped_column(String(128))
+    gpu_model: Mapped[str] = mapped_column(String(128))
+    num_gpus: Mapped[int] = mapped_column(Integer)
+    vram_gb: Mapped[int] = mapped_column(Integer)
+    location: Mapped[str] = mapped_column(String(128))
+    price_per_hour: Mapped[Decimal] = mapped_column(Numeric(12, 4))
+    billing: Mapped[str] = mapped_column(String(16))
+    duration_hours: Mapped[int] = mapped_column(Integer)
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    status_message: Mapped[str | None] = mapped_column(String(500))
+    endpoint: Mapped[str | None] = mapped_column(String(300))
+    access_token: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -1,6 +1,16 @@
 """The product surface: every tool, registered in ``REGISTRY`` when this package is imported."""
 
-from aiserve_mcp.tools import account, auth, gpu, system
+from aiserve_mcp.tools import account, auth, gpu, gpu_instances, system
 from aiserve_mcp.tools.registry import REGISTRY, Tool, ToolContext, ToolRegistry
 
-__all__ = ["REGISTRY", "Tool", "ToolContext", "ToolRegistry", "account", "auth", "gpu", "system"]
+__all__ = [
+    "REGISTRY",
+    "Tool",
+    "ToolContext",
+    "ToolRegistry",
+    "account",
+    "auth",
+    "gpu",
+    "gpu_instances",
+    "system",
+]

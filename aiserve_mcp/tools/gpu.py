@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from aiserve_mcp.providers.base import OfferQuery
 from aiserve_mcp.services.gpu_catalog import TIERS, VENDORS, Tier, default_catalog
 from aiserve_mcp.services.gpu_selection import Candidate, Criteria, Priority, rank
 from aiserve_mcp.tools.common import Input, NoInput
@@ -95,7 +96,9 @@ class GpuChoice(BaseModel):
     tier: str
     score: float = Field(description="0-100; see the scoring rules in the tool description.")
     fp16_tflops: float
-    price_per_hour: float | None = None
+    price_per_hour: float | None = Field(default=None, description="USD per GPU-hour of the offer.")
+    provider: str | None = None
+    offer_id: str | None = None
     components: dict[str, float]
 
 
@@ -113,20 +116,38 @@ class PreviewInput(Input):
     alternatives: int = Field(default=5, ge=0, le=50, description="How many runners-up to return.")
 
 
-@tool(scope="gpu:read", annotations=Annotations("Preview GPU selection"))
+async def saved_preferences(ctx: ToolContext) -> PreferenceFields:
+    """The caller's saved preferences as input fields (the defaults until saved)."""
+    saved = await _preferences(ctx)
+    return PreferenceFields.model_validate(
+        saved.model_dump(include=set(PreferenceFields.model_fields), exclude_none=True)
+    )
+
+
+async def _candidates(ctx: ToolContext) -> tuple[list[Candidate], str]:
+    """Live offers matched to the catalog when a marketplace is configured, else the catalog itself."""
+    market = ctx.services.market
+    if not market.marketplaces_configured:
+        return [Candidate(spec) for spec in default_catalog().specs], "catalog"
+    catalog = default_catalog()
+    candidates = []
+    for offer in (await market.search(OfferQuery())).offers:
+        spec = catalog.match(offer.gpu_model, offer.vram_gb) if offer.available and offer.num_gpus else None
+        if spec is not None:
+            candidates.append(Candidate(spec, offer.price_per_gpu_hour, offer.offer_id, offer.provider))
+    return candidates, "offers"
+
+
+@tool(scope="gpu:read", annotations=Annotations("Preview GPU selection", open_world=True))
 async def test_gpu_preferences(ctx: ToolContext, args: PreviewInput) -> SelectionPreview:
     """Preview which GPU the caller's preferences select, with a 0-100 score and ranked alternatives.
-    Candidates below min_vram or above the price cap are excluded; the score weighs performance
-    (FP16 TFLOPS), memory, vendor/tier preference and, when prices are known, performance per dollar and
-    price, with weights set by priority. With no provider configured it ranks the GPU catalog by specs."""
-    if args.overrides is not None:
-        fields = args.overrides
-    else:
-        saved = await _preferences(ctx)
-        fields = PreferenceFields.model_validate(
-            saved.model_dump(include=set(PreferenceFields.model_fields), exclude_none=True)
-        )
-    ranked = rank([Candidate(spec) for spec in default_catalog().specs], fields.criteria())
+    Candidates below min_vram or above the price cap (USD per GPU-hour) are excluded; the score weighs
+    performance (FP16 TFLOPS), memory, vendor/tier preference and, when prices are known, performance per
+    dollar and price, with weights set by priority. Ranks live offers (source 'offers', each with its
+    provider and offer id) when a marketplace is configured, else the GPU catalog by specs."""
+    fields = args.overrides if args.overrides is not None else await saved_preferences(ctx)
+    candidates, source = await _candidates(ctx)
+    ranked = rank(candidates, fields.criteria())
     choices = [
         GpuChoice(
             name=s.candidate.spec.name,
@@ -136,6 +157,8 @@ async def test_gpu_preferences(ctx: ToolContext, args: PreviewInput) -> Selectio
             score=s.score,
             fp16_tflops=s.candidate.spec.fp16_tflops,
             price_per_hour=float(s.candidate.price_per_hour) if s.candidate.price_per_hour else None,
+            provider=s.candidate.provider,
+            offer_id=s.candidate.offer_id,
             components=s.components,
         )
         for s in ranked[: args.alternatives + 1]
@@ -143,7 +166,7 @@ async def test_gpu_preferences(ctx: ToolContext, args: PreviewInput) -> Selectio
     return SelectionPreview(
         selected_gpu=choices[0] if choices else None,
         alternatives=choices[1:],
-        source="catalog",
+        source=source,
         preferences=fields.model_dump(mode="json"),
     )
 
@@ -156,7 +179,9 @@ class CatalogGpu(BaseModel):
     architecture: str
     fp16_tflops: float
     memory_bandwidth_gbps: float
-    avg_price_per_hour: float | None = Field(description="Mean price of live offers; null without providers.")
+    avg_price_per_hour: float | None = Field(
+        description="Mean USD per GPU-hour of live offers; null without a configured marketplace."
+    )
     source: str
 
 
@@ -171,12 +196,28 @@ class CatalogFilter(Input):
     min_vram: int = Field(default=0, ge=0)
 
 
-@tool(scope="gpu:read", annotations=Annotations("GPU catalog"))
+async def _mean_prices(ctx: ToolContext) -> dict[str, float]:
+    """Mean USD per GPU-hour of the live offers of each catalog GPU (empty without a marketplace)."""
+    candidates, source = await _candidates(ctx)
+    if source != "offers":
+        return {}
+    prices: dict[str, list[Decimal]] = {}
+    for c in candidates:
+        if c.price_per_hour is not None:
+            prices.setdefault(c.spec.id, []).append(c.price_per_hour)
+    return {gpu: round(float(sum(p) / len(p)), 4) for gpu, p in prices.items()}
+
+
+@tool(scope="gpu:read", annotations=Annotations("GPU catalog", open_world=True))
 async def list_available_gpus(ctx: ToolContext, args: CatalogFilter) -> CatalogList:
     """List GPU models with their real specifications (VRAM, dense FP16 TFLOPS, memory bandwidth, tier,
-    architecture, and the source of each figure), filtered by vendor, tier and minimum VRAM."""
+    architecture, and the source of each figure), filtered by vendor, tier and minimum VRAM, with the mean
+    live price per GPU-hour when a marketplace is configured."""
+    prices = await _mean_prices(ctx)
     gpus = [
-        CatalogGpu(avg_price_per_hour=None, **spec.model_dump(include=set(CatalogGpu.model_fields)))
+        CatalogGpu(
+            avg_price_per_hour=prices.get(spec.id), **spec.model_dump(include=set(CatalogGpu.model_fields))
+        )
         for spec in default_catalog().filter(args.vendor, args.tier, args.min_vram)
     ]
     return CatalogList(gpus=gpus, count=len(gpus))

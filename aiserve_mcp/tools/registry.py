@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from aiserve_mcp.errors import AuthRequired, Forbidden, NotFound
 from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.gpu_market import Progress
 from aiserve_mcp.services.principal import Principal
 
 
@@ -38,12 +39,18 @@ class ToolContext:
     principal: Principal | None
     surface: str
     client_address: str | None = None
+    progress: Progress | None = None
 
     def caller(self) -> Principal:
         """The authenticated caller; ``AuthRequired`` for anonymous calls."""
         if self.principal is None:
             raise AuthRequired("authentication required: send 'Authorization: Bearer <token or API key>'")
         return self.principal
+
+    async def report(self, done: float, total: float | None, message: str | None = None) -> None:
+        """Tell the caller how far a long call has got (MCP progress, when the client asked for it)."""
+        if self.progress is not None:
+            await self.progress(done, total, message)
 
 
 In = TypeVar("In", bound=BaseModel)

@@ -63,7 +63,7 @@ class StatsOutput(BaseModel):
     requests_total: int = Field(description="HTTP requests this server process has received.")
     requests_per_second: float = Field(description="Mean rate over the last 60 seconds.")
     active_connections: int = Field(description="HTTP requests and streams open now.")
-    gpu_instances_active: int = Field(description="Rented GPU instances running now.")
+    gpu_instances_active: int = Field(description="Rented GPU instances provisioning or running now.")
     models_loaded: int = Field(description="Models loaded and ready to serve.")
     uptime_s: float
 
@@ -78,7 +78,7 @@ async def system_stats(ctx: ToolContext, args: NoInput) -> StatsOutput:
         requests_total=telemetry.requests_total,
         requests_per_second=telemetry.requests_per_second(),
         active_connections=telemetry.active_connections,
-        gpu_instances_active=0,
+        gpu_instances_active=await ctx.services.market.contracts.count_active(),
         models_loaded=0,
         uptime_s=round(time.time() - ctx.services.started_at, 3),
     )

@@ -1,0 +1,379 @@
+"""The GPU market: offers from every provider at once, and the contracts users rent from them.
+
+One slow or failing provider never fails a search: each provider gets its own timeout, and its error is
+reported beside the others' offers. Every rent is recorded as a contract owned by its user before the
+provider is called, so that nothing rented is ever untracked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import anyio
+
+from aiserve_mcp.errors import AiserveError, ValidationFailed, kind_of
+from aiserve_mcp.providers.base import (
+    Offer,
+    OfferQuery,
+    OfferUnavailable,
+    Provider,
+    ProviderFailed,
+    ProviderNotConfigured,
+    ProviderRateLimited,
+    RentRequest,
+)
+from aiserve_mcp.services.gpu_catalog import GpuCatalog, normalise_name
+from aiserve_mcp.services.gpu_contracts import ACTIVE, ContractStore, new_contract_id
+from aiserve_mcp.services.gpu_selection import Candidate, Criteria, rank
+from aiserve_mcp.services.offer_cache import TtlCache
+from aiserve_mcp.storage.models import GpuContract
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+MAX_DURATION_HOURS = 8760
+
+
+@dataclass(frozen=True)
+class ProviderReport:
+    """How one provider answered a search."""
+
+    name: str
+    configured: bool
+    count: int = 0
+    cached: bool = False
+    error: str | None = None
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class MarketSearch:
+    offers: list[Offer]
+    reports: list[ProviderReport]
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """Why one item of a reserve or batch failed."""
+
+    code: str
+    error: str
+    provider: str | None = None
+    offer_id: str | None = None
+
+
+@dataclass
+class Reservation:
+    contracts: list[GpuContract] = field(default_factory=list)
+    errors: list[ItemError] = field(default_factory=list)
+
+
+def _item_error(exc: AiserveError, provider: str | None, offer_id: str | None = None) -> ItemError:
+    return ItemError(kind_of(exc).code, exc.message, provider, offer_id)
+
+
+class GpuMarket:
+    def __init__(
+        self,
+        contracts: ContractStore,
+        providers: Mapping[str, Provider],
+        catalog: GpuCatalog,
+        *,
+        cache_ttl_s: float,
+        timeout_s: float,
+    ) -> None:
+        self.contracts = contracts
+        self.providers = dict(providers)
+        self._catalog = catalog
+        self._timeout_s = timeout_s
+        self._cache: TtlCache[tuple[str, OfferQuery], list[Offer]] = TtlCache(cache_ttl_s)
+
+    def provider(self, name: str) -> Provider:
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise ValidationFailed(
+                f"unknown provider '{name}'; use one of {', '.join(self.providers)}",
+                {"providers": list(self.providers)},
+            ) from None
+
+    @property
+    def marketplaces_configured(self) -> bool:
+        """Whether any provider other than this host has credentials."""
+        return any(p.configured for name, p in self.providers.items() if name != "local")
+
+    # -- offers -------------------------------------------------------------------------------------
+
+    async def search(self, query: OfferQuery, names: Sequence[str] | None = None) -> MarketSearch:
+        """Offers from ``names`` (default: every provider), queried concurrently."""
+        chosen = [self.provider(n) for n in (names or list(self.providers))]
+        reports: dict[str, ProviderReport] = {}
+        found: dict[str, list[Offer]] = {}
+
+        async def one(provider: Provider) -> None:
+            if not provider.configured:
+                reports[provider.name] = ProviderReport(provider.name, False, error="not configured")
+                return
+            try:
+                with anyio.fail_after(self._timeout_s):
+                    offers, cached = await self._cache.get(
+                        (provider.name, query), lambda: provider.search(query)
+                    )
+            except TimeoutError:
+                exc: AiserveError = ProviderFailed(f"{provider.name} did not answer in {self._timeout_s:g} s")
+                reports[provider.name] = ProviderReport(
+                    provider.name, True, error=exc.message, code="TIMEOUT"
+                )
+                return
+            except AiserveError as exc:
+                reports[provider.name] = ProviderReport(
+                    provider.name, True, error=exc.message, code=kind_of(exc).code
+                )
+                return
+            matching = [o for o in offers if _matches(o, query)]
+            found[provider.name] = matching
+            reports[provider.name] = ProviderReport(provider.name, True, len(matching), cached)
+
+        async with anyio.create_task_group() as group:
+            for provider in chosen:
+                group.start_soon(one, provider)
+        offers = [o for p in chosen for o in found.get(p.name, [])]
+        offers.sort(key=lambda o: (o.price_per_hour, o.provider, o.offer_id))
+        return MarketSearch(offers, [reports[p.name] for p in chosen])
+
+    def ranked(self, offers: list[Offer], criteria: Criteria) -> list[Offer]:
+        """Available offers, best first: catalog-matched GPUs by the preference score, then the rest
+        (GPUs the catalog does not know, CPU slots) by price."""
+        by_key = {(o.provider, o.offer_id): o for o in offers if o.available}
+        candidates, unknown = [], []
+        for offer in by_key.values():
+            spec = self._catalog.match(offer.gpu_model, offer.vram_gb) if offer.num_gpus else None
+            if spec is None:
+                unknown.append(offer)
+            else:
+                candidates.append(Candidate(spec, offer.price_per_gpu_hour, offer.offer_id, offer.provider))
+        scored = rank(candidates, criteria)
+        best = [by_key[(str(s.candidate.provider), str(s.candidate.offer_id))] for s in scored]
+        if not criteria.preferred_vendors and not criteria.preferred_tiers:
+            best += sorted(
+                (
+                    o
+                    for o in unknown
+                    if o.vram_gb >= criteria.min_vram
+                    and _within(o.price_per_gpu_hour, criteria.max_price_per_hour)
+                ),
+                key=lambda o: o.price_per_hour,
+            )
+        return best
+
+    # -- contracts ----------------------------------------------------------------------------------
+
+    async def rent(
+        self, user_id: str, provider_name: str, offer_id: str, duration_hours: int, auto_renew: bool
+    ) -> GpuContract:
+        """Rent one offer for ``user_id``. The contract is stored before the provider is called and ends
+        ``failed`` (with the provider's reason) when the rent does not go through."""
+        provider = self.provider(provider_name)
+        if not 1 <= duration_hours <= MAX_DURATION_HOURS:
+            raise ValidationFailed(f"duration_hours must be between 1 and {MAX_DURATION_HOURS}")
+        if auto_renew and provider.billing == "prepaid":
+            raise ValidationFailed(
+                f"{provider_name} is prepaid for duration_hours and cannot auto-renew; rent again instead"
+            )
+        with anyio.fail_after(self._timeout_s):
+            offer = await provider.get_offer(offer_id)
+        if offer is None or not offer.available:
+            raise OfferUnavailable(
+                f"offer '{offer_id}' on {provider_name} is no longer available",
+                {"provider": provider_name, "offer_id": offer_id},
+            )
+        now = datetime.now(UTC)
+        contract = await self.contracts.add(
+            GpuContract(
+                id=new_contract_id(),
+                user_id=user_id,
+                provider=provider_name,
+                offer_id=offer_id,
+                gpu_model=offer.gpu_model,
+                num_gpus=offer.num_gpus,
+                vram_gb=offer.vram_gb,
+                location=offer.location,
+                price_per_hour=offer.price_per_hour,
+                billing=provider.billing,
+                duration_hours=duration_hours,
+                auto_renew=auto_renew,
+                status="provisioning",
+                created_at=now,
+                updated_at=now,
+                expires_at=now + timedelta(hours=duration_hours),
+            )
+        )
+        try:
+            rental = await provider.rent(RentRequest(offer_id, duration_hours, contract.id))
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, AiserveError) else "internal error"
+            await self.contracts.update(contract.id, status="failed", status_message=reason[:500])
+            raise
+        finally:
+            self._cache.invalidate(lambda key: key[0] == provider_name)
+        return await self.contracts.update(
+            contract.id,
+            instance_id=rental.instance_id,
+            status=rental.status,
+            price_per_hour=rental.price_per_hour,
+            endpoint=rental.endpoint,
+            access_token=rental.access_token,
+        )
+
+    async def reserve(
+        self,
+        user_id: str,
+        count: int,
+        query: OfferQuery,
+        criteria: Criteria,
+        duration_hours: int,
+        auto_renew: bool,
+        names: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> Reservation:
+        """Rent ``count`` of the best offers across ``names``: a refused offer (stale offers are common)
+        moves on to the next; a provider that is rate limited or down is skipped for the rest."""
+        search = await self.search(query, names)
+        result = Reservation(
+            errors=[
+                ItemError(r.code or "", r.error, r.name) for r in search.reports if r.error and r.configured
+            ]
+        )
+        skipped: set[str] = set()
+        for offer in self.ranked(search.offers, criteria):
+            if len(result.contracts) == count:
+                break
+            provider = offer.provider
+            if provider in skipped or (auto_renew and self.providers[provider].billing == "prepaid"):
+                continue
+            try:
+                contract = await self.rent(user_id, provider, offer.offer_id, duration_hours, auto_renew)
+            except (OfferUnavailable, ProviderFailed) as exc:
+                result.errors.append(_item_error(exc, provider, offer.offer_id))
+                continue
+            except TimeoutError:
+                timeout = ProviderFailed(f"{provider} timed out")
+                result.errors.append(_item_error(timeout, provider, offer.offer_id))
+                skipped.add(provider)
+                continue
+            except (ProviderRateLimited, ProviderNotConfigured) as exc:
+                result.errors.append(_item_error(exc, provider, offer.offer_id))
+                skipped.add(provider)
+                continue
+            result.contracts.append(contract)
+            if progress is not None:
+                await progress(len(result.contracts), count, f"{contract.provider}: {contract.gpu_model}")
+        if len(result.contracts) < count:
+            result.errors.append(
+                ItemError(
+                    "INSUFFICIENT_CAPACITY",
+                    f"reserved {len(result.contracts)} of {count}: no more matching offers could be rented",
+                )
+            )
+        return result
+
+    async def destroy(self, user_id: str, provider_name: str, ref: str) -> GpuContract:
+        """Destroy the caller's instance ``ref`` (contract id or provider instance id); idempotent."""
+        provider = self.provider(provider_name)
+        contract = await self.contracts.find(user_id, provider_name, ref)
+        if contract.status not in ACTIVE:
+            return contract
+        if contract.instance_id is not None:
+            await provider.destroy(contract.instance_id)
+        self._cache.invalidate(lambda key: key[0] == provider_name)
+        return await self.contracts.update(
+            contract.id, status="destroyed", endpoint=None, destroyed_at=datetime.now(UTC)
+        )
+
+    async def refresh(self, contract: GpuContract) -> GpuContract:
+        """Ask the provider for an active contract's state; keeps the last known state if it cannot."""
+        if contract.status not in ACTIVE or contract.instance_id is None:
+            return contract
+        provider = self.providers.get(contract.provider)
+        if provider is None:
+            return contract
+        try:
+            with anyio.fail_after(self._timeout_s):
+                state = await provider.status(contract.instance_id)
+        except (AiserveError, TimeoutError) as exc:
+            log.warning("cannot refresh %s on %s: %s", contract.id, contract.provider, exc)
+            return contract
+        changes: dict[str, object] = {"status": state.status, "status_message": state.message}
+        if state.endpoint is not None or state.status != "running":
+            changes["endpoint"] = state.endpoint
+        if state.status == "destroyed":
+            changes["destroyed_at"] = datetime.now(UTC)
+        if all(getattr(contract, k) == v for k, v in changes.items()):
+            return contract
+        return await self.contracts.update(contract.id, **changes)
+
+    async def contract(self, user_id: str, contract_id: str) -> GpuContract:
+        return await self.refresh(await self.contracts.owned(user_id, contract_id))
+
+    async def list_contracts(self, user_id: str, active_only: bool) -> list[GpuContract]:
+        rows = list(await self.contracts.list_for(user_id, active_only))
+        async with anyio.create_task_group() as group:
+            for index, row in enumerate(rows):
+
+                async def refresh(i: int = index, r: GpuContract = row) -> None:
+                    rows[i] = await self.refresh(r)
+
+                group.start_soon(refresh)
+        return [r for r in rows if r.status in ACTIVE] if active_only else rows
+
+    async def expire_due(self) -> int:
+        """End contracts whose rented time is over: metered auto-renewing ones are extended by their
+        duration, all others destroyed. Returns how many were destroyed."""
+        destroyed = 0
+        for contract in await self.contracts.due(datetime.now(UTC)):
+            if contract.auto_renew and contract.billing == "metered":
+                await self.contracts.update(
+                    contract.id, expires_at=contract.expires_at + timedelta(hours=contract.duration_hours)
+                )
+                continue
+            try:
+                await self.destroy(contract.user_id, contract.provider, contract.id)
+                destroyed += 1
+            except AiserveError as exc:
+                log.warning("cannot destroy expired %s on %s: %s", contract.id, contract.provider, exc)
+        return destroyed
+
+    async def expire_forever(self, interval_s: float) -> None:
+        """Run ``expire_due`` every ``interval_s`` seconds until cancelled; a pass that has started
+        finishes (shielded), so that no destroy is cut off halfway."""
+        while True:
+            await anyio.sleep(interval_s)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.expire_due()
+                except Exception:
+                    log.exception("expiring GPU contracts failed; retrying in %.0f s", interval_s)
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+
+
+def _within(price: Decimal, max_price: Decimal | None) -> bool:
+    return max_price is None or price <= max_price
+
+
+def _matches(offer: Offer, query: OfferQuery) -> bool:
+    """Filters applied again on our side: a provider's own filtering may be looser than the caller's."""
+    location = query.location.lower() if query.location else None
+    model = normalise_name(query.gpu_model) if query.gpu_model else None
+    return (
+        (query.min_vram_gb is None or offer.vram_gb >= query.min_vram_gb)
+        and _within(offer.price_per_hour, query.max_price_per_hour)
+        and (location is None or location in offer.location.lower())
+        and (model is None or model in normalise_name(offer.gpu_model))
+    )
