@@ -75,6 +75,10 @@ class UpstreamFailed(AiserveError):
     """A service this platform calls (a GPU marketplace, a rented instance) failed or did not answer."""
 
 
+class UpstreamTimeout(UpstreamFailed):
+    """A service this platform calls did not answer in time."""
+
+
 class InternalError(AiserveError):
     """An unexpected failure; the message never carries internals."""
 
@@ -102,6 +106,7 @@ ERROR_TABLE: dict[type[AiserveError], ErrorKind] = {
     QuotaExceeded: ErrorKind(429, "QUOTA_EXCEEDED", -32029),
     InternalError: ErrorKind(500, "INTERNAL_ERROR", -32603),
     UpstreamFailed: ErrorKind(502, "UPSTREAM_ERROR", -32000),
+    UpstreamTimeout: ErrorKind(504, "UPSTREAM_TIMEOUT", -32000),
     NotImplementedYet: ErrorKind(501, "NOT_IMPLEMENTED", -32601),
     ServiceUnavailable: ErrorKind(503, "SERVICE_UNAVAILABLE", -32000),
 }
@@ -124,9 +129,11 @@ def error_body(error: AiserveError) -> dict[str, Any]:
 
 
 def error_headers(error: AiserveError) -> dict[str, str]:
-    """HTTP headers an error carries (``Retry-After`` for rate limits, ``WWW-Authenticate`` for 401)."""
-    if isinstance(error, RateLimited):
-        return {"Retry-After": str(error.retry_after_s)}
+    """HTTP headers an error carries (``Retry-After`` when it says when to retry, ``WWW-Authenticate`` for
+    401)."""
+    retry_after = getattr(error, "retry_after_s", None)
+    if isinstance(retry_after, int):
+        return {"Retry-After": str(retry_after)}
     if isinstance(error, AuthRequired | AuthInvalid):
         return {"WWW-Authenticate": 'Bearer realm="aiserve"'}
     return {}

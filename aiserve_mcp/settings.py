@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     provider_timeout_s: float = Field(default=20.0, gt=0)
     offer_cache_ttl_s: float = Field(default=30.0, ge=0)
     expiry_check_interval_s: float = Field(default=30.0, gt=0)
+    proxy_timeout_s: float = Field(default=60.0, gt=0)
+    proxy_allow_private: bool = False
+    proxy_max_buffered_bytes: int = Field(default=1024 * 1024, gt=0)
+    lb_eject_after: int = Field(default=3, ge=1)
+    lb_eject_for_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_csv)

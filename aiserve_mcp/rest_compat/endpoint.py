@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from aiserve_mcp.errors import AiserveError, NotImplementedYet
@@ -19,7 +20,7 @@ from aiserve_mcp.protocols.http_support import (
 )
 from aiserve_mcp.rest_compat.routes import PENDING, ROUTES, PendingRoute, RestRoute
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
-from aiserve_mcp.tools.runner import call_tool
+from aiserve_mcp.tools.runner import call_tool, parse_input
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -58,6 +59,46 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     return endpoint
 
 
+def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
+    """A route that relays an upstream answer as is: its status, headers and body, streamed."""
+    tool = registry.get(route.tool)
+    fields = set(tool.input_model.model_fields)
+    assert route.stream is not None
+    open_stream = route.stream
+
+    async def endpoint(request: Request) -> Response:
+        services = services_of(request.scope)
+        stack = AsyncExitStack()
+        try:
+            arguments = await bind_arguments(request, fields, services.settings.max_request_body_bytes)
+            principal = principal_of(request.scope)
+            tool.authorize(principal)
+            ctx = ToolContext(
+                services=services,
+                principal=principal,
+                surface="rest",
+                client_address=client_address(request.scope, services.settings.trust_forwarded_for),
+            )
+            reply = await stack.enter_async_context(open_stream(ctx, parse_input(tool, arguments)))
+        except AiserveError as exc:
+            await stack.aclose()
+            return error_response(exc)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+        async def body() -> AsyncIterator[bytes]:
+            async with stack:
+                async for chunk in reply.body:
+                    yield chunk
+
+        response = StreamingResponse(body(), status_code=reply.status_code)
+        response.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        return response
+
+    return endpoint
+
+
 def pending_endpoint(route: PendingRoute) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         return error_response(
@@ -73,6 +114,9 @@ def pending_endpoint(route: PendingRoute) -> Endpoint:
 
 def rest_routes(registry: ToolRegistry) -> list[Route]:
     """Starlette routes for the whole table (several methods on one path become one route each)."""
-    routes = [Route(r.path, tool_endpoint(r, registry), methods=[r.method]) for r in ROUTES]
+    routes = [
+        Route(r.path, (stream_endpoint if r.stream else tool_endpoint)(r, registry), methods=[r.method])
+        for r in ROUTES
+    ]
     routes += [Route(p.path, pending_endpoint(p), methods=[p.method]) for p in PENDING]
     return routes

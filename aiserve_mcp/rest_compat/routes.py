@@ -6,11 +6,18 @@ Path parameters, query parameters (for GET and DELETE) and the JSON body are mer
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
+from aiserve_mcp.services.traffic import UpstreamReply
+from aiserve_mcp.tools.lb import open_proxy
+from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.system import HealthOutput
+
+Stream = Callable[[ToolContext, Any], AbstractAsyncContextManager[UpstreamReply]]
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,7 @@ class RestRoute:
     tool: str
     status: int = 200
     status_of: Callable[[BaseModel], int] | None = None
+    stream: Stream | None = None  # answer with the upstream's own status, headers and streamed body
 
 
 @dataclass(frozen=True)
@@ -59,22 +67,21 @@ ROUTES: list[RestRoute] = [
     RestRoute("DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", "destroy_gpu_instance"),
     RestRoute("GET", "/api/v1/gpu/contracts", "list_gpu_contracts"),
     RestRoute("GET", "/api/v1/gpu/contracts/{contract_id}", "get_gpu_contract"),
+    RestRoute("POST", "/api/v1/gpu/proxy", "proxy_request", stream=open_proxy),
+    RestRoute("GET", "/api/v1/loadbalancer/loads", "get_instance_loads"),
+    RestRoute("GET", "/api/v1/loadbalancer/load", "get_instance_load"),
+    RestRoute("GET", "/api/v1/loadbalancer/strategy", "get_lb_strategy"),
+    RestRoute("PUT", "/api/v1/loadbalancer/strategy", "set_lb_strategy"),
     RestRoute("GET", "/health", "system_health", status_of=_health_status),
     RestRoute("GET", "/stats", "system_stats"),
 ]
 
-_LB = "load balancing"
 _BILLING = "billing"
 _GUARDRAILS = "spending guardrails"
 _MODELS = "model serving"
 _AGENTS = "agent protocols"
 
 PENDING: list[PendingRoute] = [
-    PendingRoute("POST", "/api/v1/gpu/proxy", _LB),
-    PendingRoute("GET", "/api/v1/loadbalancer/loads", _LB),
-    PendingRoute("GET", "/api/v1/loadbalancer/load", _LB),
-    PendingRoute("GET", "/api/v1/loadbalancer/strategy", _LB),
-    PendingRoute("PUT", "/api/v1/loadbalancer/strategy", _LB),
     PendingRoute("POST", "/api/v1/billing/payment", _BILLING),
     PendingRoute("GET", "/api/v1/billing/transactions", _BILLING),
     PendingRoute("GET", "/api/v1/guardrails/spending", _GUARDRAILS),

@@ -16,13 +16,16 @@ from aiserve_mcp.providers.ionet import IoNetProvider
 from aiserve_mcp.providers.local import LocalProvider
 from aiserve_mcp.providers.vastai import VastAiProvider
 from aiserve_mcp.services.accounts import AccountService
+from aiserve_mcp.services.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
 from aiserve_mcp.services.gpu_catalog import default_catalog
 from aiserve_mcp.services.gpu_contracts import ContractStore
 from aiserve_mcp.services.gpu_market import GpuMarket
 from aiserve_mcp.services.gpu_preferences import GpuPreferenceStore
+from aiserve_mcp.services.lb_pools import PoolStore
 from aiserve_mcp.services.ratelimit import RateLimiter
 from aiserve_mcp.services.security import TokenSigner, load_or_create_secret
 from aiserve_mcp.services.telemetry import Telemetry
+from aiserve_mcp.services.traffic import Traffic
 from aiserve_mcp.settings import Settings
 from aiserve_mcp.storage.counters import MemoryWindowCounter, RedisWindowCounter, WindowCounter
 from aiserve_mcp.storage.database import Database
@@ -41,7 +44,9 @@ class Services:
     redis: Redis | None
     gpu_preferences: GpuPreferenceStore
     market: GpuMarket
+    traffic: Traffic
     outbound: httpx.AsyncClient
+    proxy_client: httpx.AsyncClient
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -57,6 +62,22 @@ class Services:
         outbound = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.provider_timeout_s), follow_redirects=False, trust_env=False
         )
+        proxy_client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200), trust_env=False
+        )
+        loads: LoadStore = (
+            RedisLoadStore(redis, settings.redis_prefix + "lb:") if redis is not None else MemoryLoadStore()
+        )
+        market = GpuMarket(
+            ContractStore(db),
+            _providers(settings, outbound),
+            default_catalog(),
+            cache_ttl_s=settings.offer_cache_ttl_s,
+            timeout_s=settings.provider_timeout_s,
+        )
+        balancer = Balancer(
+            loads, eject_after=settings.lb_eject_after, eject_for_s=settings.lb_eject_for_s, clock=time.time
+        )
         return cls(
             settings=settings,
             db=db,
@@ -65,14 +86,17 @@ class Services:
             telemetry=Telemetry(),
             redis=redis,
             gpu_preferences=GpuPreferenceStore(db),
-            market=GpuMarket(
-                ContractStore(db),
-                _providers(settings, outbound),
-                default_catalog(),
-                cache_ttl_s=settings.offer_cache_ttl_s,
-                timeout_s=settings.provider_timeout_s,
+            market=market,
+            traffic=Traffic(
+                market,
+                PoolStore(db),
+                balancer,
+                proxy_client,
+                timeout_s=settings.proxy_timeout_s,
+                allow_private=settings.proxy_allow_private,
             ),
             outbound=outbound,
+            proxy_client=proxy_client,
         )
 
     async def migrate(self) -> None:
@@ -83,6 +107,7 @@ class Services:
     async def close(self) -> None:
         await self.market.aclose()
         await self.outbound.aclose()
+        await self.proxy_client.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.dispose()

@@ -173,7 +173,13 @@ class GpuMarket:
     # -- contracts ----------------------------------------------------------------------------------
 
     async def rent(
-        self, user_id: str, provider_name: str, offer_id: str, duration_hours: int, auto_renew: bool
+        self,
+        user_id: str,
+        provider_name: str,
+        offer_id: str,
+        duration_hours: int,
+        auto_renew: bool,
+        pool: str = "default",
     ) -> GpuContract:
         """Rent one offer for ``user_id``. The contract is stored before the provider is called and ends
         ``failed`` (with the provider's reason) when the rent does not go through."""
@@ -199,6 +205,7 @@ class GpuMarket:
                 provider=provider_name,
                 offer_id=offer_id,
                 gpu_model=offer.gpu_model,
+                pool=pool,
                 num_gpus=offer.num_gpus,
                 vram_gb=offer.vram_gb,
                 location=offer.location,
@@ -239,6 +246,7 @@ class GpuMarket:
         auto_renew: bool,
         names: Sequence[str] | None = None,
         progress: Progress | None = None,
+        pool: str = "default",
     ) -> Reservation:
         """Rent ``count`` of the best offers across ``names``: a refused offer (stale offers are common)
         moves on to the next; a provider that is rate limited or down is skipped for the rest."""
@@ -256,7 +264,9 @@ class GpuMarket:
             if provider in skipped or (auto_renew and self.providers[provider].billing == "prepaid"):
                 continue
             try:
-                contract = await self.rent(user_id, provider, offer.offer_id, duration_hours, auto_renew)
+                contract = await self.rent(
+                    user_id, provider, offer.offer_id, duration_hours, auto_renew, pool
+                )
             except (OfferUnavailable, ProviderFailed) as exc:
                 result.errors.append(_item_error(exc, provider, offer.offer_id))
                 continue

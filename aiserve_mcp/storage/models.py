@@ -124,6 +124,7 @@ class GpuContract(Base):
     offer_id: Mapped[str] = mapped_column(String(128))
     instance_id: Mapped[str | None] = mapped_column(String(128))
     gpu_model: Mapped[str] = mapped_column(String(128))
+    pool: Mapped[str] = mapped_column(String(64), default="default")
     num_gpus: Mapped[int] = mapped_column(Integer)
     vram_gb: Mapped[int] = mapped_column(Integer)
     location: Mapped[str] = mapped_column(String(128))
@@ -139,3 +140,14 @@ class GpuContract(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class LbPool(Base):
+    """A user's named pool of instances and the strategy that balances traffic over it."""
+
+    __tablename__ = "lb_pools"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    strategy: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)

@@ -1,6 +1,6 @@
 """The product surface: every tool, registered in ``REGISTRY`` when this package is imported."""
 
-from aiserve_mcp.tools import account, auth, gpu, gpu_instances, system
+from aiserve_mcp.tools import account, auth, gpu, gpu_instances, lb, system
 from aiserve_mcp.tools.registry import REGISTRY, Tool, ToolContext, ToolRegistry
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "auth",
     "gpu",
     "gpu_instances",
+    "lb",
     "system",
 ]

@@ -6,9 +6,9 @@ import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from aiserve_mcp.providers.base import Offer, OfferQuery
 from aiserve_mcp.services.gpu_market import MAX_DURATION_HOURS, ItemError, ProviderReport, Reservation
@@ -19,6 +19,7 @@ from aiserve_mcp.tools.gpu import Price, saved_preferences
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 ProviderName = Literal["vastai", "ionet", "local"]
+PoolName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
 
 class OfferFilters(Input):
@@ -127,6 +128,7 @@ class RentConfig(Input):
     auto_renew: bool = Field(
         default=False, description="Keep metered instances past duration_hours (not for prepaid io.net)."
     )
+    pool: PoolName = Field(default="default", description="The load-balancing pool the instance joins.")
 
 
 class RentInput(RentConfig):
@@ -144,6 +146,7 @@ class ContractOut(BaseModel):
     status: str = Field(description="provisioning, running, failed or destroyed.")
     status_message: str | None
     gpu_model: str
+    pool: str
     num_gpus: int
     vram_gb: int
     location: str
@@ -167,6 +170,7 @@ class ContractOut(BaseModel):
             status=row.status,
             status_message=row.status_message,
             gpu_model=row.gpu_model,
+            pool=row.pool,
             num_gpus=row.num_gpus,
             vram_gb=row.vram_gb,
             location=row.location,
@@ -202,6 +206,7 @@ async def rent_gpu_instance(ctx: ToolContext, args: RentInput) -> ContractOut:
         _offer_ref(args.provider, args.instance_id),
         args.duration_hours,
         args.auto_renew,
+        args.pool,
     )
     return ContractOut.of(contract)
 
@@ -290,6 +295,7 @@ async def _reserve(
         config.auto_renew,
         names,
         progress,
+        config.pool,
     )
 
 

@@ -1,0 +1,189 @@
+"""Load balancing over the caller's instances, and requests proxied to them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from aiserve_mcp.errors import NotFound, PayloadTooLarge
+from aiserve_mcp.services.balancer import STRATEGIES, Strategy
+from aiserve_mcp.services.traffic import InstanceLoad, ProxyCall, UpstreamReply
+from aiserve_mcp.tools.common import Input
+from aiserve_mcp.tools.gpu_instances import PoolName
+from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+class PoolInput(Input):
+    pool: PoolName = Field(default="default", description="The pool of instances (set when renting).")
+
+
+class Load(BaseModel):
+    instance_id: str | None = Field(description="The provider's instance id.")
+    contract_id: str
+    provider: str
+    gpu_model: str
+    connections: int = Field(description="Requests in flight through this server now.")
+    load: float = Field(description="This instance's share of the pool's in-flight requests, 0-1.")
+    response_time_ms: float | None = Field(description="Measured response time (EWMA); null until measured.")
+    requests: int
+    failures: int
+    healthy: bool = Field(description="False while ejected after consecutive failures.")
+    weight: float = Field(description="Weighted round robin share: the GPUs' FP16 TFLOPS, 1 for CPU.")
+
+
+def _load(item: InstanceLoad, total_in_flight: int) -> Load:
+    measured = item.load
+    return Load(
+        instance_id=item.contract.instance_id,
+        contract_id=item.contract.id,
+        provider=item.contract.provider,
+        gpu_model=item.contract.gpu_model,
+        connections=measured.in_flight,
+        load=round(measured.in_flight / total_in_flight, 4) if total_in_flight else 0.0,
+        response_time_ms=round(measured.ewma_ms, 3) if measured.ewma_ms is not None else None,
+        requests=measured.requests,
+        failures=measured.failures,
+        healthy=measured.healthy,
+        weight=item.weight,
+    )
+
+
+class LoadsOutput(BaseModel):
+    strategy: str
+    pool: str
+    loads: dict[str, Load] = Field(description="By contract id.")
+    count: int
+
+
+async def _loads(ctx: ToolContext, pool: str) -> tuple[str, list[Load]]:
+    user_id = ctx.caller().user_id
+    traffic = ctx.services.traffic
+    items = await traffic.loads(user_id, pool)
+    total = sum(i.load.in_flight for i in items)
+    return await traffic.pools.strategy(user_id, pool), [_load(i, total) for i in items]
+
+
+@tool(scope="lb:read", annotations=Annotations("Instance loads"))
+async def get_instance_loads(ctx: ToolContext, args: PoolInput) -> LoadsOutput:
+    """Load of every running instance in one of your pools, as measured by this platform's balancer:
+    requests in flight, share of the pool's traffic, response time (EWMA), totals and health."""
+    strategy, loads = await _loads(ctx, args.pool)
+    return LoadsOutput(
+        strategy=strategy, pool=args.pool, loads={x.contract_id: x for x in loads}, count=len(loads)
+    )
+
+
+class InstanceInput(Input):
+    instance_id: str = Field(min_length=1, max_length=140, description="Contract id or provider instance id.")
+
+
+@tool(scope="lb:read", annotations=Annotations("Instance load"))
+async def get_instance_load(ctx: ToolContext, args: InstanceInput) -> Load:
+    """Load of one of your running instances (by contract id or provider instance id)."""
+    running = await ctx.services.traffic.running(ctx.caller().user_id)
+    contract = next((c for c in running if args.instance_id in (c.id, c.instance_id)), None)
+    if contract is None:
+        raise NotFound(f"no running instance '{args.instance_id}' of yours")
+    _, loads = await _loads(ctx, contract.pool)
+    return next(x for x in loads if x.contract_id == contract.id)
+
+
+class StrategyOutput(BaseModel):
+    strategy: str
+    pool: str
+
+
+@tool(scope="lb:read", annotations=Annotations("Balancing strategy"))
+async def get_lb_strategy(ctx: ToolContext, args: PoolInput) -> StrategyOutput:
+    """The strategy that balances traffic over one of your pools (round_robin until set)."""
+    strategy = await ctx.services.traffic.pools.strategy(ctx.caller().user_id, args.pool)
+    return StrategyOutput(strategy=strategy, pool=args.pool)
+
+
+class SetStrategyInput(PoolInput):
+    strategy: Strategy = Field(description=f"One of {', '.join(STRATEGIES)}.")
+
+
+class StrategySet(StrategyOutput):
+    message: str
+
+
+@tool(scope="lb:write", annotations=Annotations("Set balancing strategy", read_only=False))
+async def set_lb_strategy(ctx: ToolContext, args: SetStrategyInput) -> StrategySet:
+    """Choose how traffic to one of your pools is spread: round_robin (strict rotation), equal_weighted
+    (uniformly random), weighted_round_robin (smooth, by GPU FP16 TFLOPS), least_connections (fewest in
+    flight) or least_response_time (lowest measured latency x load, of two random candidates). Instances
+    that fail 3 times in a row are skipped for 30 s, then probed."""
+    await ctx.services.traffic.pools.set_strategy(ctx.caller().user_id, args.pool, args.strategy)
+    return StrategySet(strategy=args.strategy, pool=args.pool, message="Load balancing strategy updated")
+
+
+class ProxyInput(Input):
+    method: Method = "POST"
+    target: str | None = Field(
+        default=None,
+        max_length=140,
+        description="Contract id, provider instance id or pool name; omitted: the 'default' pool.",
+    )
+    path: str = Field(pattern=r"^/([^/\s#][^\s#]*)?$", max_length=2048, examples=["/v1/inference"])
+    payload: Any = Field(default=None, description="JSON body sent to the instance.")
+    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+
+    def call(self) -> ProxyCall:
+        return ProxyCall(self.method, self.path, self.target, self.payload, self.headers)
+
+
+@asynccontextmanager
+async def open_proxy(ctx: ToolContext, args: ProxyInput) -> AsyncIterator[UpstreamReply]:
+    """The streaming form of ``proxy_request`` (the REST route streams the instance's answer as is)."""
+    async with ctx.services.traffic.forward(ctx.caller().user_id, args.call()) as reply:
+        yield reply
+
+
+class ProxyOutput(BaseModel):
+    status_code: int
+    headers: dict[str, str]
+    body: Any = Field(description="The instance's JSON answer, or its text.")
+    contract_id: str
+    instance_id: str | None
+
+
+@tool(
+    scope="lb:write",
+    annotations=Annotations(
+        "Send a request to my instance", read_only=False, idempotent=False, open_world=True
+    ),
+)
+async def proxy_request(ctx: ToolContext, args: ProxyInput) -> ProxyOutput:
+    """Send an HTTP request to one of your running GPU instances: to `target` (contract id or instance
+    id), or to an instance of a pool chosen by the pool's balancing strategy (target omitted = the
+    'default' pool). Only your own running instances can be reached. Returns the instance's status,
+    headers and body (JSON when it answers JSON); idempotent methods are retried on another instance."""
+    limit = ctx.services.settings.proxy_max_buffered_bytes
+    async with open_proxy(ctx, args) as reply:
+        body = bytearray()
+        async for chunk in reply.body:
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(
+                    f"the instance's answer is larger than {limit} bytes; use the REST route"
+                )
+    headers = dict(reply.headers)
+    text = body.decode("utf-8", errors="replace")
+    try:
+        parsed: Any = json.loads(text) if "json" in headers.get("content-type", "") else text
+    except ValueError:
+        parsed = text
+    return ProxyOutput(
+        status_code=reply.status_code,
+        headers=headers,
+        body=parsed,
+        contract_id=reply.contract.id,
+        instance_id=reply.contract.instance_id,
+    )
