@@ -1,0 +1,1 @@
+"""Money: the credit ledger, payment gateways and spending guardrails."""
