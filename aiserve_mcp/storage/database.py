@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+_WRITERS: dict[tuple[str, int], asyncio.Lock] = {}
 
 
 class Database:
@@ -39,6 +43,12 @@ class Database:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with self._sessions() as session, session.begin():
             yield session
+
+    def sqlite_writer(self) -> asyncio.Lock:
+        """SQLite has one writer at a time: code that reads then writes money takes this lock (one per
+        database file and event loop in this process) so that its transactions queue here instead of
+        failing with "database is locked"; other processes still wait on SQLite's own busy timeout."""
+        return _WRITERS.setdefault((self.url, id(asyncio.get_running_loop())), asyncio.Lock())
 
     async def ping(self) -> float:
         """Run ``SELECT 1``; return the round trip in milliseconds (raises when the database is down)."""
