@@ -56,11 +56,20 @@ class QuotaExceeded(AiserveError):
 
 
 class SpendingLimit(AiserveError):
-    """A spending guardrail refuses the action."""
+    """A spending guardrail refuses the action. Its body also carries the spec's check fields at the top
+    level: ``allowed`` (false), ``violations`` (window, spent, limit) and ``spent``."""
+
+    def __init__(self, message: str, violations: list[dict[str, Any]], spent: float) -> None:
+        super().__init__(message, {"violations": violations})
+        self.extra: dict[str, Any] = {"allowed": False, "violations": violations, "spent": spent}
 
 
 class InsufficientCredits(AiserveError):
     """The credit balance cannot cover the action."""
+
+
+class PaymentDeclined(AiserveError):
+    """The card issuer or the payment gateway refused a payment."""
 
 
 class NotImplementedYet(AiserveError):
@@ -98,6 +107,7 @@ ERROR_TABLE: dict[type[AiserveError], ErrorKind] = {
     AuthInvalid: ErrorKind(401, "AUTH_INVALID", -32001),
     SpendingLimit: ErrorKind(402, "SPENDING_LIMIT", -32002),
     InsufficientCredits: ErrorKind(402, "INSUFFICIENT_CREDITS", -32002),
+    PaymentDeclined: ErrorKind(402, "PAYMENT_DECLINED", -32002),
     Forbidden: ErrorKind(403, "FORBIDDEN", -32003),
     NotFound: ErrorKind(404, "NOT_FOUND", -32004),
     Conflict: ErrorKind(409, "CONFLICT", -32009),
@@ -125,6 +135,8 @@ def error_body(error: AiserveError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": error.message, "code": kind_of(error).code}
     if error.details:
         body["details"] = error.details
+    if isinstance(error, SpendingLimit):
+        body.update(error.extra)
     return body
 
 

@@ -53,11 +53,34 @@ class Settings(BaseSettings):
     proxy_timeout_s: float = Field(default=60.0, gt=0)
     proxy_allow_private: bool = False
     proxy_max_buffered_bytes: int = Field(default=1024 * 1024, gt=0)
+    spending_limits: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=lambda: {
+            "hourly": Decimal(100),
+            "daily": Decimal(500),
+            "weekly": Decimal(2000),
+            "monthly": Decimal(5000),
+        }
+    )
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    billing_sandbox: bool = False
     lb_eject_after: int = Field(default=3, ge=1)
     lb_eject_for_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_csv)
+
+    @field_validator("spending_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: object) -> object:
+        """``hourly=100,daily=500,72h=800`` (USD per window)."""
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("use window=amount pairs, e.g. hourly=100,daily=500")
+            return {name.strip(): amount.strip() for name, amount in pairs}
+        return value
 
     @property
     def effective_database_url(self) -> str:

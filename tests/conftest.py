@@ -139,6 +139,19 @@ async def api_key(client: httpx.AsyncClient, account: Account, **fields: Any) ->
     return key
 
 
+async def funded(http: httpx.AsyncClient, amount: float = 500) -> Account:
+    """A new account with ``amount`` USD of credits bought through the sandbox gateway (the app must run
+    with ``billing_sandbox``)."""
+    account = await sign_up(http)
+    paid = await http.post(
+        "/api/v1/billing/payment",
+        json={"amount": amount, "payment_preference": {"type": "card", "card_token": "tok_visa"}},
+        headers=account.headers,
+    )
+    assert paid.status_code == 201, paid.text
+    return account
+
+
 @pytest.fixture
 async def account(client: httpx.AsyncClient) -> Account:
     return await sign_up(client)

@@ -13,6 +13,7 @@ from aiserve_mcp.errors import (
     AiserveError,
     InternalError,
     RateLimited,
+    SpendingLimit,
     error_body,
     error_headers,
     kind_of,
@@ -38,11 +39,14 @@ SPEC_CODES = {
 
 @pytest.mark.parametrize("error_class", list(ERROR_TABLE), ids=lambda c: c.__name__)
 def test_every_error_class_renders_the_spec_body(error_class: type[AiserveError]) -> None:
-    error = (
-        RateLimited("slow down", retry_after_s=7, details={"field": "x"})
-        if error_class is RateLimited
-        else error_class("something specific", {"field": "x"})
-    )
+    if error_class is RateLimited:
+        error: AiserveError = RateLimited("slow down", retry_after_s=7, details={"field": "x"})
+    elif error_class is SpendingLimit:
+        error = SpendingLimit(
+            "over the daily limit", [{"window": "daily", "spent": 105.0, "limit": 100.0}], 95.0
+        )
+    else:
+        error = error_class("something specific", {"field": "x"})
     body = error_body(error)
     assert body["error"] == error.message and body["code"] == ERROR_TABLE[error_class].code
     assert body["details"]
@@ -58,6 +62,13 @@ def test_the_spec_codes_and_statuses_are_all_in_the_table() -> None:
     assert codes["SPENDING_LIMIT"] == 402 and codes["INSUFFICIENT_CREDITS"] == 402
     assert codes["RATE_LIMITED"] == 429 and codes["QUOTA_EXCEEDED"] == 429
     assert error_headers(RateLimited("x", retry_after_s=3)) == {"Retry-After": "3"}
+
+
+def test_spending_limit_bodies_carry_the_spec_check_fields() -> None:
+    violations = [{"window": "hourly", "spent": 105.0, "limit": 100.0}]
+    body = error_body(SpendingLimit("over", violations, 55.0))
+    assert body["code"] == "SPENDING_LIMIT" and body["allowed"] is False
+    assert body["violations"] == violations and body["spent"] == 55.0
 
 
 class Boom(BaseModel):
@@ -91,7 +102,7 @@ async def test_http_error_answers(client: httpx.AsyncClient, account: Account) -
     assert extra.status_code == 400 and extra.json()["details"]["fields"][0]["field"] == "admin"
     missing = await client.get("/api/v1/nothing-here", headers=account.headers)
     assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
-    pending = await client.post("/api/v1/billing/payment", json={"amount": 1}, headers=account.headers)
+    pending = await client.post("/api/v1/models/upload", json={}, headers=account.headers)
     assert pending.status_code == 501 and pending.json()["code"] == "NOT_IMPLEMENTED"
     wrong_method = await client.put("/api/v1/user/export", headers=account.headers)
     assert wrong_method.status_code == 405

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from aiserve_mcp.app import create_app
 from aiserve_mcp.protocols.mcp_http import MCP_PATH
 from aiserve_mcp.settings import Settings
-from tests.conftest import Account, running, serve, sign_up
+from tests.conftest import Account, funded, running, serve, sign_up
 from tests.fakes.ionet_server import IoNetState, ionet_app
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
 
@@ -85,6 +85,7 @@ async def market(settings: Settings) -> AsyncIterator[Market]:
                     "vastai_api_key": SecretStr(API_KEY),
                     "ionet_url": ionet_url,
                     "ionet_api_key": SecretStr(ionet.api_key),
+                    "billing_sandbox": True,
                 }
             ),
         )
@@ -105,7 +106,7 @@ async def http(market_app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def owner(http: httpx.AsyncClient) -> Account:
-    return await sign_up(http)
+    return await funded(http)
 
 
 def searches(state: VastAiState) -> int:
@@ -306,7 +307,12 @@ async def test_reserve_reports_a_shortfall(http: httpx.AsyncClient, owner: Accou
 async def test_batch_rents_per_provider(http: httpx.AsyncClient, owner: Account) -> None:
     answer = await http.post(
         "/api/v1/gpu/instances/batch",
-        json={"vastai_count": 2, "ionet_count": 1, "config": {"duration_hours": 4}},
+        json={
+            "vastai_count": 2,
+            "ionet_count": 1,
+            "filters": {"max_price": 1},
+            "config": {"duration_hours": 4},
+        },
         headers=owner.headers,
     )
     assert answer.status_code == 201, answer.text
@@ -367,7 +373,7 @@ async def test_reserve_reports_progress_to_mcp_clients(market: Market) -> None:
     app = create_app(market.settings)
     async with serve(app) as url:
         async with httpx.AsyncClient(base_url=url) as plain:
-            owner = await sign_up(plain)
+            owner = await funded(plain)
         updates: list[tuple[float, float | None, str | None]] = []
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:

@@ -19,7 +19,7 @@ from aiserve_mcp.settings import Settings
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.runner import call_tool
-from tests.conftest import Account, running, serve, sign_up
+from tests.conftest import Account, funded, running, serve, sign_up
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
 
 
@@ -188,12 +188,12 @@ async def test_instances_on_private_addresses_are_refused(settings: Settings) ->
         offer.update(verified=True, rentable=True, rented=False, external=False)
     async with serve(vastai_app(vast)) as vast_url:
         configured = settings.model_copy(
-            update={"vastai_url": vast_url, "vastai_api_key": SecretStr(API_KEY)}
+            update={"vastai_url": vast_url, "vastai_api_key": SecretStr(API_KEY), "billing_sandbox": True}
         )
         async with running(create_app(configured)) as app:
             transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
             async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-                owner = await sign_up(client)
+                owner = await funded(client)
                 offer_id = vast.offers[0]["id"]
                 rented = await client.post(
                     f"/api/v1/gpu/instances/vastai/{offer_id}", json={}, headers=owner.headers

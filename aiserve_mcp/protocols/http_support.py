@@ -50,8 +50,8 @@ def client_address(scope: Scope, trust_forwarded_for: bool) -> str | None:
     return client[0] if client else None
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object (``{}`` when empty), refusing bodies over ``limit`` bytes."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refusing bodies over ``limit`` bytes before reading them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
@@ -60,6 +60,12 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         body.extend(chunk)
         if len(body) > limit:
             raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object (``{}`` when empty), refusing bodies over ``limit`` bytes."""
+    body = await read_body(request, limit)
     if not body.strip():
         return {}
     try:

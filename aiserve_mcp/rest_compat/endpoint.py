@@ -15,24 +15,31 @@ from aiserve_mcp.protocols.http_support import (
     client_address,
     error_response,
     principal_of,
+    read_body,
     read_json_object,
     services_of,
 )
 from aiserve_mcp.rest_compat.routes import PENDING, ROUTES, PendingRoute, RestRoute
+from aiserve_mcp.tools.billing import handle_payment_webhook
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool, parse_input
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+WEBHOOK_PATH = "/api/v1/billing/webhook"
 
 
-async def bind_arguments(request: Request, fields: set[str], limit: int) -> dict[str, Any]:
-    """Merge the JSON body (POST/PUT/PATCH) or the query string (GET/DELETE) with the path parameters.
-    Query parameters the tool does not take are ignored (cache busters and the like); path parameters win."""
+async def bind_arguments(
+    request: Request, fields: set[str], limit: int, headers: tuple[tuple[str, str], ...] = ()
+) -> dict[str, Any]:
+    """Merge the JSON body (POST/PUT/PATCH) or the query string (GET/DELETE) with the path parameters and
+    the route's bound headers. Query parameters the tool does not take are ignored (cache busters and the
+    like); path parameters win, then headers."""
     if request.method in ("GET", "DELETE", "HEAD"):
         arguments: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in fields}
     else:
         arguments = await read_json_object(request, limit)
     arguments.update(request.path_params)
+    arguments.update({field: request.headers[name] for name, field in headers if name in request.headers})
     return arguments
 
 
@@ -43,7 +50,9 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         services = services_of(request.scope)
         try:
-            arguments = await bind_arguments(request, fields, services.settings.max_request_body_bytes)
+            arguments = await bind_arguments(
+                request, fields, services.settings.max_request_body_bytes, route.headers
+            )
             ctx = ToolContext(
                 services=services,
                 principal=principal_of(request.scope),
@@ -99,6 +108,19 @@ def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     return endpoint
 
 
+async def payment_webhook(request: Request) -> Response:
+    """``POST /api/v1/billing/webhook``: the payment gateway's signed event (no login; the signature is
+    the credential)."""
+    services = services_of(request.scope)
+    try:
+        payload = await read_body(request, services.settings.max_request_body_bytes)
+        ctx = ToolContext(services=services, principal=None, surface="webhook")
+        out = await handle_payment_webhook(ctx, payload, request.headers.get("stripe-signature"))
+    except AiserveError as exc:
+        return error_response(exc)
+    return Response(out.model_dump_json(), media_type="application/json")
+
+
 def pending_endpoint(route: PendingRoute) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         return error_response(
@@ -118,5 +140,6 @@ def rest_routes(registry: ToolRegistry) -> list[Route]:
         Route(r.path, (stream_endpoint if r.stream else tool_endpoint)(r, registry), methods=[r.method])
         for r in ROUTES
     ]
+    routes.append(Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]))
     routes += [Route(p.path, pending_endpoint(p), methods=[p.method]) for p in PENDING]
     return routes

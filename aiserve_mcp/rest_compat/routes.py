@@ -28,6 +28,7 @@ class RestRoute:
     status: int = 200
     status_of: Callable[[BaseModel], int] | None = None
     stream: Stream | None = None  # answer with the upstream's own status, headers and streamed body
+    headers: tuple[tuple[str, str], ...] = ()  # (HTTP header, input field) pairs bound like body fields
 
 
 @dataclass(frozen=True)
@@ -72,22 +73,32 @@ ROUTES: list[RestRoute] = [
     RestRoute("GET", "/api/v1/loadbalancer/load", "get_instance_load"),
     RestRoute("GET", "/api/v1/loadbalancer/strategy", "get_lb_strategy"),
     RestRoute("PUT", "/api/v1/loadbalancer/strategy", "set_lb_strategy"),
+    RestRoute(
+        "POST",
+        "/api/v1/billing/payment",
+        "create_payment",
+        201,
+        headers=(
+            ("X-Billing", "billing_provider"),
+            ("X-Preferred-Payment", "preferred_payment"),
+            ("Idempotency-Key", "idempotency_key"),
+        ),
+    ),
+    RestRoute("GET", "/api/v1/billing/transactions", "list_transactions"),
+    RestRoute("GET", "/api/v1/guardrails/spending", "get_spending"),
+    RestRoute("POST", "/api/v1/guardrails/spending/record", "record_spending"),
+    RestRoute("POST", "/api/v1/guardrails/spending/check", "check_spending"),
+    RestRoute("POST", "/api/v1/guardrails/spending/reset", "reset_spending"),
+    RestRoute("GET", "/api/v1/guardrails/limits", "get_spending_limits"),
+    RestRoute("PUT", "/api/v1/guardrails/limits", "set_spending_limits"),
     RestRoute("GET", "/health", "system_health", status_of=_health_status),
     RestRoute("GET", "/stats", "system_stats"),
 ]
 
-_BILLING = "billing"
-_GUARDRAILS = "spending guardrails"
 _MODELS = "model serving"
 _AGENTS = "agent protocols"
 
 PENDING: list[PendingRoute] = [
-    PendingRoute("POST", "/api/v1/billing/payment", _BILLING),
-    PendingRoute("GET", "/api/v1/billing/transactions", _BILLING),
-    PendingRoute("GET", "/api/v1/guardrails/spending", _GUARDRAILS),
-    PendingRoute("POST", "/api/v1/guardrails/spending/record", _GUARDRAILS),
-    PendingRoute("POST", "/api/v1/guardrails/spending/check", _GUARDRAILS),
-    PendingRoute("POST", "/api/v1/guardrails/spending/reset", _GUARDRAILS),
     PendingRoute("POST", "/api/v1/models/upload", _MODELS),
     PendingRoute("GET", "/api/v1/models", _MODELS),
     PendingRoute("GET", "/api/v1/models/formats", _MODELS),

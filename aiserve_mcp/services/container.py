@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 from pydantic import SecretStr
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
+from aiserve_mcp.billing.costs import CostGate
+from aiserve_mcp.billing.gateways import PaymentGateway, SandboxGateway, StripeGateway
+from aiserve_mcp.billing.guardrails import Guardrails
+from aiserve_mcp.billing.ledger import Ledger
 from aiserve_mcp.providers.base import Provider
 from aiserve_mcp.providers.ionet import IoNetProvider
 from aiserve_mcp.providers.local import LocalProvider
@@ -24,6 +28,7 @@ from aiserve_mcp.services.gpu_preferences import GpuPreferenceStore
 from aiserve_mcp.services.lb_pools import PoolStore
 from aiserve_mcp.services.ratelimit import RateLimiter
 from aiserve_mcp.services.security import TokenSigner, load_or_create_secret
+from aiserve_mcp.services.spend_store import RedisSpendStore, SpendStore, SqlSpendStore
 from aiserve_mcp.services.telemetry import Telemetry
 from aiserve_mcp.services.traffic import Traffic
 from aiserve_mcp.settings import Settings
@@ -45,6 +50,8 @@ class Services:
     gpu_preferences: GpuPreferenceStore
     market: GpuMarket
     traffic: Traffic
+    costs: CostGate
+    payments: PaymentGateway | None
     outbound: httpx.AsyncClient
     proxy_client: httpx.AsyncClient
     started_at: float = field(default_factory=time.time)
@@ -55,7 +62,15 @@ class Services:
         db = Database(settings.effective_database_url)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         signer = TokenSigner(load_or_create_secret(secret, settings.data_dir), settings.access_token_ttl_s)
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = (
+            Redis(
+                connection_pool=BlockingConnectionPool.from_url(
+                    settings.redis_url, max_connections=200, timeout=10
+                )
+            )
+            if settings.redis_url
+            else None
+        )
         counter: WindowCounter = (
             RedisWindowCounter(redis, settings.redis_prefix) if redis is not None else MemoryWindowCounter()
         )
@@ -68,10 +83,18 @@ class Services:
         loads: LoadStore = (
             RedisLoadStore(redis, settings.redis_prefix + "lb:") if redis is not None else MemoryLoadStore()
         )
+        telemetry = Telemetry()
+        spend_store: SpendStore = (
+            RedisSpendStore(redis, settings.redis_prefix + "spend:")
+            if redis is not None
+            else SqlSpendStore(db)
+        )
+        costs = CostGate(Ledger(db), Guardrails(db, spend_store, settings.spending_limits, telemetry))
         market = GpuMarket(
             ContractStore(db),
             _providers(settings, outbound),
             default_catalog(),
+            costs,
             cache_ttl_s=settings.offer_cache_ttl_s,
             timeout_s=settings.provider_timeout_s,
         )
@@ -83,7 +106,7 @@ class Services:
             db=db,
             accounts=AccountService(db, signer, settings.refresh_token_ttl_s),
             rate_limiter=RateLimiter(counter, settings.rate_limit_window_s),
-            telemetry=Telemetry(),
+            telemetry=telemetry,
             redis=redis,
             gpu_preferences=GpuPreferenceStore(db),
             market=market,
@@ -95,6 +118,8 @@ class Services:
                 timeout_s=settings.proxy_timeout_s,
                 allow_private=settings.proxy_allow_private,
             ),
+            costs=costs,
+            payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,
         )
@@ -108,15 +133,32 @@ class Services:
         await self.market.aclose()
         await self.outbound.aclose()
         await self.proxy_client.aclose()
+        if self.payments is not None:
+            await self.payments.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.dispose()
 
 
-def _providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
-    def key(secret: SecretStr | None) -> str | None:
-        return secret.get_secret_value() if secret else None
+def _secret(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret else None
 
+
+def _payments(settings: Settings) -> PaymentGateway | None:
+    """Stripe when its key is set; the sandbox only when explicitly enabled; otherwise none."""
+    if settings.stripe_api_key is not None:
+        return StripeGateway(
+            settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            webhook_secret=_secret(settings.stripe_webhook_secret),
+        )
+    if settings.billing_sandbox:
+        return SandboxGateway(_secret(settings.stripe_webhook_secret))
+    return None
+
+
+def _providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
+    key = _secret
     return {
         "vastai": VastAiProvider(client, settings.vastai_url, key(settings.vastai_api_key)),
         "ionet": IoNetProvider(client, settings.ionet_url, key(settings.ionet_api_key)),

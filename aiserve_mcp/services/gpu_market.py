@@ -7,6 +7,7 @@ provider is called, so that nothing rented is ever untracked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,10 @@ from decimal import Decimal
 
 import anyio
 
-from aiserve_mcp.errors import AiserveError, ValidationFailed, kind_of
+from aiserve_mcp.billing.costs import CostGate
+from aiserve_mcp.errors import AiserveError, InsufficientCredits, SpendingLimit, ValidationFailed, kind_of
 from aiserve_mcp.providers.base import (
+    InstanceStatus,
     Offer,
     OfferQuery,
     OfferUnavailable,
@@ -30,6 +33,7 @@ from aiserve_mcp.services.gpu_catalog import GpuCatalog, normalise_name
 from aiserve_mcp.services.gpu_contracts import ACTIVE, ContractStore, new_contract_id
 from aiserve_mcp.services.gpu_selection import Candidate, Criteria, rank
 from aiserve_mcp.services.offer_cache import TtlCache
+from aiserve_mcp.services.principal import Principal
 from aiserve_mcp.storage.models import GpuContract
 
 log = logging.getLogger(__name__)
@@ -82,11 +86,13 @@ class GpuMarket:
         contracts: ContractStore,
         providers: Mapping[str, Provider],
         catalog: GpuCatalog,
+        costs: CostGate,
         *,
         cache_ttl_s: float,
         timeout_s: float,
     ) -> None:
         self.contracts = contracts
+        self._costs = costs
         self.providers = dict(providers)
         self._catalog = catalog
         self._timeout_s = timeout_s
@@ -174,15 +180,17 @@ class GpuMarket:
 
     async def rent(
         self,
-        user_id: str,
+        payer: Principal,
         provider_name: str,
         offer_id: str,
         duration_hours: int,
         auto_renew: bool,
         pool: str = "default",
     ) -> GpuContract:
-        """Rent one offer for ``user_id``. The contract is stored before the provider is called and ends
-        ``failed`` (with the provider's reason) when the rent does not go through."""
+        """Rent one offer for ``payer``. Its cost (price x duration_hours) passes the spending guardrails
+        and is held from the payer's credits first; the contract is stored before the provider is called
+        and ends ``failed`` (with the provider's reason, nothing charged) when the rent does not go
+        through."""
         provider = self.provider(provider_name)
         if not 1 <= duration_hours <= MAX_DURATION_HOURS:
             raise ValidationFailed(f"duration_hours must be between 1 and {MAX_DURATION_HOURS}")
@@ -198,10 +206,16 @@ class GpuMarket:
                 {"provider": provider_name, "offer_id": offer_id},
             )
         now = datetime.now(UTC)
+        contract_id = new_contract_id()
+        cost = offer.price_per_hour * duration_hours
+        await self._costs.authorize(
+            payer, cost, contract_id, f"{offer.gpu_model} on {provider_name} for {duration_hours} h"
+        )
         contract = await self.contracts.add(
             GpuContract(
-                id=new_contract_id(),
-                user_id=user_id,
+                id=contract_id,
+                user_id=payer.user_id,
+                api_key_id=payer.api_key_id,
                 provider=provider_name,
                 offer_id=offer_id,
                 gpu_model=offer.gpu_model,
@@ -224,6 +238,7 @@ class GpuMarket:
         except Exception as exc:
             reason = exc.message if isinstance(exc, AiserveError) else "internal error"
             await self.contracts.update(contract.id, status="failed", status_message=reason[:500])
+            await self._costs.abandon(payer, contract.id)
             raise
         finally:
             self._cache.invalidate(lambda key: key[0] == provider_name)
@@ -238,7 +253,7 @@ class GpuMarket:
 
     async def reserve(
         self,
-        user_id: str,
+        payer: Principal,
         count: int,
         query: OfferQuery,
         criteria: Criteria,
@@ -248,8 +263,9 @@ class GpuMarket:
         progress: Progress | None = None,
         pool: str = "default",
     ) -> Reservation:
-        """Rent ``count`` of the best offers across ``names``: a refused offer (stale offers are common)
-        moves on to the next; a provider that is rate limited or down is skipped for the rest."""
+        """Rent ``count`` of the best offers across ``names``: a refused offer (stale offers are common,
+        or one the payer's limits or credits cannot cover) moves on to the next; a provider that is rate
+        limited or down is skipped for the rest."""
         search = await self.search(query, names)
         result = Reservation(
             errors=[
@@ -264,9 +280,7 @@ class GpuMarket:
             if provider in skipped or (auto_renew and self.providers[provider].billing == "prepaid"):
                 continue
             try:
-                contract = await self.rent(
-                    user_id, provider, offer.offer_id, duration_hours, auto_renew, pool
-                )
+                contract = await self.rent(payer, provider, offer.offer_id, duration_hours, auto_renew, pool)
             except (OfferUnavailable, ProviderFailed) as exc:
                 result.errors.append(_item_error(exc, provider, offer.offer_id))
                 continue
@@ -275,6 +289,9 @@ class GpuMarket:
                 result.errors.append(_item_error(timeout, provider, offer.offer_id))
                 skipped.add(provider)
                 continue
+            except (SpendingLimit, InsufficientCredits) as exc:
+                result.errors.append(_item_error(exc, provider, offer.offer_id))
+                continue  # a cheaper offer may still fit
             except (ProviderRateLimited, ProviderNotConfigured) as exc:
                 result.errors.append(_item_error(exc, provider, offer.offer_id))
                 skipped.add(provider)
@@ -300,8 +317,23 @@ class GpuMarket:
         if contract.instance_id is not None:
             await provider.destroy(contract.instance_id)
         self._cache.invalidate(lambda key: key[0] == provider_name)
+        return await self._ended(contract, "destroyed")
+
+    async def _ended(
+        self, contract: GpuContract, status: InstanceStatus, message: str | None = None
+    ) -> GpuContract:
+        """Record that ``contract`` ended and charge it: the hours used in its current period (at least
+        the first hour on prepaid providers, at most the period), or nothing when it failed."""
+        now = datetime.now(UTC)
+        period_start = contract.expires_at - timedelta(hours=contract.duration_hours)
+        hours = Decimal((now - period_start).total_seconds()) / 3600
+        if contract.billing == "prepaid":
+            hours = max(hours, Decimal(1))
+        hours = min(hours, Decimal(contract.duration_hours))
+        cost = Decimal(0) if status == "failed" else contract.price_per_hour * hours
+        await self._costs.settle(contract.id, cost, f"{contract.gpu_model} on {contract.provider}: {status}")
         return await self.contracts.update(
-            contract.id, status="destroyed", endpoint=None, destroyed_at=datetime.now(UTC)
+            contract.id, status=status, status_message=message, endpoint=None, destroyed_at=now
         )
 
     async def refresh(self, contract: GpuContract) -> GpuContract:
@@ -317,11 +349,11 @@ class GpuMarket:
         except (AiserveError, TimeoutError) as exc:
             log.warning("cannot refresh %s on %s: %s", contract.id, contract.provider, exc)
             return contract
+        if state.status in ("failed", "destroyed"):
+            return await self._ended(contract, state.status, state.message)
         changes: dict[str, object] = {"status": state.status, "status_message": state.message}
         if state.endpoint is not None or state.status != "running":
             changes["endpoint"] = state.endpoint
-        if state.status == "destroyed":
-            changes["destroyed_at"] = datetime.now(UTC)
         if all(getattr(contract, k) == v for k, v in changes.items()):
             return contract
         return await self.contracts.update(contract.id, **changes)
@@ -345,10 +377,7 @@ class GpuMarket:
         duration, all others destroyed. Returns how many were destroyed."""
         destroyed = 0
         for contract in await self.contracts.due(datetime.now(UTC)):
-            if contract.auto_renew and contract.billing == "metered":
-                await self.contracts.update(
-                    contract.id, expires_at=contract.expires_at + timedelta(hours=contract.duration_hours)
-                )
+            if contract.auto_renew and contract.billing == "metered" and await self._renewed(contract):
                 continue
             try:
                 await self.destroy(contract.user_id, contract.provider, contract.id)
@@ -356,6 +385,32 @@ class GpuMarket:
             except AiserveError as exc:
                 log.warning("cannot destroy expired %s on %s: %s", contract.id, contract.provider, exc)
         return destroyed
+
+    async def _renewed(self, contract: GpuContract) -> bool:
+        """Charge the period that ended and authorize the next one; False when the payer's limits or
+        credits refuse it (the instance is then destroyed)."""
+        await self._costs.settle(
+            contract.id,
+            contract.price_per_hour * contract.duration_hours,
+            f"{contract.gpu_model}: period ended",
+        )
+        payer = Principal(contract.user_id, "", False, "api_key" if contract.api_key_id else "jwt")
+        payer = dataclasses.replace(payer, api_key_id=contract.api_key_id)
+        try:
+            await self._costs.authorize(
+                payer,
+                contract.price_per_hour * contract.duration_hours,
+                contract.id,
+                f"{contract.gpu_model}: renewed for {contract.duration_hours} h",
+                spend_key=f"{contract.id}@{contract.expires_at.isoformat()}",
+            )
+        except (SpendingLimit, InsufficientCredits) as exc:
+            log.info("not renewing %s: %s", contract.id, exc.message)
+            return False
+        await self.contracts.update(
+            contract.id, expires_at=contract.expires_at + timedelta(hours=contract.duration_hours)
+        )
+        return True
 
     async def expire_forever(self, interval_s: float) -> None:
         """Run ``expire_due`` every ``interval_s`` seconds until cancelled; a pass that has started

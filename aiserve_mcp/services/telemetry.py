@@ -45,6 +45,23 @@ class Telemetry:
             ["budget"],
             registry=self.registry,
         )
+        self.spend_recorded = Counter(
+            "aiserve_spend_recorded_usd_total",
+            "USD recorded against spending windows.",
+            registry=self.registry,
+        )
+        self.spend_refusals = Counter(
+            "aiserve_spend_refusals_total",
+            "Spends refused (HTTP 402), by the window whose limit they would exceed.",
+            ["window"],
+            registry=self.registry,
+        )
+        self.spend_remaining = Histogram(
+            "aiserve_spend_budget_remaining_ratio",
+            "Share of the tightest window's limit left after each allowed spend.",
+            buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+            registry=self.registry,
+        )
         self.requests_total = 0
         self.active_connections = 0
         self._per_second: deque[tuple[int, int]] = deque()

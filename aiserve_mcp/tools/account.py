@@ -7,8 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiserve_mcp.billing.guardrails import key_scope, window_seconds
 from aiserve_mcp.services.principal import SCOPES
+from aiserve_mcp.tools.billing import TransactionOut
 from aiserve_mcp.tools.common import AwareDatetime, Input, NoInput
+from aiserve_mcp.tools.gpu_instances import ContractOut
+from aiserve_mcp.tools.guardrails import Limit
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 API_KEY_NOTICE = "Save this API key securely. It will not be shown again."
@@ -70,6 +74,11 @@ class CreateApiKeyInput(Input):
         default=None,
         description="Scopes to grant, e.g. ['gpu:read', 'models:read']; omit for all the caller's scopes.",
     )
+    budget: dict[str, Limit] | None = Field(
+        default=None,
+        max_length=20,
+        description="The key's own spending limits, window -> USD (e.g. {'daily': 20}), on top of yours.",
+    )
 
 
 class CreateApiKeyOutput(BaseModel):
@@ -85,11 +94,16 @@ class CreateApiKeyOutput(BaseModel):
 @tool(scope="account:write", annotations=Annotations("Create API key", read_only=False, idempotent=False))
 async def create_api_key(ctx: ToolContext, args: CreateApiKeyInput) -> CreateApiKeyOutput:
     """Create an API key (``ak_live_...``) for programs and agents. The key is returned once and only its
-    hash is kept. Give each agent its own key with only the scopes it needs; a key can never hold a scope
-    the credential creating it lacks."""
+    hash is kept. Give each agent its own key with only the scopes it needs and, with ``budget``, its own
+    spending limits; a key can never hold a scope the credential creating it lacks."""
+    caller = ctx.caller()
+    for window in args.budget or {}:
+        window_seconds(window)
     key, plaintext = await ctx.services.accounts.create_api_key(
-        ctx.caller(), args.name, args.expires_at, args.scopes
+        caller, args.name, args.expires_at, args.scopes
     )
+    if args.budget:
+        await ctx.services.costs.guardrails.set_limits(caller, key_scope(key.id), args.budget)
     return CreateApiKeyOutput(
         api_key=plaintext,
         id=key.id,
@@ -137,26 +151,30 @@ class AccountExport(BaseModel):
     usage_quota: dict[str, Any] | None = Field(
         description="Model storage quota; null until model serving is enabled."
     )
-    gpu_usage: list[dict[str, Any]]
-    transactions: list[dict[str, Any]]
-    credits: list[dict[str, Any]]
+    gpu_usage: list[dict[str, Any]] = Field(description="Every GPU instance you rented.")
+    transactions: list[dict[str, Any]] = Field(description="Your whole credit history.")
+    credits: list[dict[str, Any]] = Field(description="Your balance: available and held USD.")
     exported_at: datetime
 
 
 @tool(scope="account:read", annotations=Annotations("Export account"))
 async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
     """Download everything the platform holds about the caller: profile, API keys (never their secrets),
-    quota, GPU usage, transactions and credits."""
+    quota, GPU instances rented, credit transactions and balance."""
     caller = ctx.caller()
     user = await ctx.services.accounts.get_user(caller.user_id)
     keys = await ctx.services.accounts.list_api_keys(caller.user_id)
+    ledger = ctx.services.costs.ledger
+    history, _ = await ledger.transactions(caller.user_id, limit=1_000_000, offset=0)
+    balance = await ledger.balance(caller.user_id)
+    contracts = await ctx.services.market.contracts.list_for(caller.user_id, active_only=False)
     return AccountExport(
         user=UserProfile.model_validate(user),
         api_keys=[ApiKeyInfo.model_validate(k) for k in keys],
         usage_quota=None,
-        gpu_usage=[],
-        transactions=[],
-        credits=[],
+        gpu_usage=[ContractOut.of(c).model_dump(mode="json") for c in contracts],
+        transactions=[TransactionOut.of(t).model_dump(mode="json") for t in history],
+        credits=[{"currency": "USD", "available": float(balance.available), "held": float(balance.held)}],
         exported_at=datetime.now(UTC),
     )
 

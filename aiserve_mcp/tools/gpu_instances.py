@@ -201,7 +201,7 @@ async def rent_gpu_instance(ctx: ToolContext, args: RentInput) -> ContractOut:
     reserve_gpus), SERVICE_UNAVAILABLE when the provider is not configured."""
     market = ctx.services.market
     contract = await market.rent(
-        ctx.caller().user_id,
+        ctx.caller(),
         args.provider,
         _offer_ref(args.provider, args.instance_id),
         args.duration_hours,
@@ -287,7 +287,7 @@ async def _reserve(
         await ctx.report(done + rented, None, message)
 
     return await ctx.services.market.reserve(
-        ctx.caller().user_id,
+        ctx.caller(),
         count,
         filters.query(),
         await _criteria(ctx, filters),

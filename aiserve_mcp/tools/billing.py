@@ -1,0 +1,193 @@
+"""Credits: pay with a card token through Stripe, read the balance and the transaction history."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from aiserve_mcp.billing.gateways import PaymentGateway
+from aiserve_mcp.errors import PaymentDeclined, ServiceUnavailable, ValidationFailed
+from aiserve_mcp.storage.ledger_tables import LedgerTransaction
+from aiserve_mcp.tools.common import Input
+from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+
+Amount = Annotated[Decimal, Field(gt=0, le=100_000, max_digits=9, decimal_places=2)]
+_CARD_NUMBER = re.compile(r"(?:\d[ -]?){13,19}")
+
+
+class PaymentPreference(Input):
+    type: Literal["card"] = "card"
+    card_token: str | None = Field(default=None, max_length=255, examples=["tok_visa"])
+    payment_method: str | None = Field(default=None, max_length=255, examples=["pm_card_visa"])
+
+    @field_validator("card_token", "payment_method")
+    @classmethod
+    def _no_card_numbers(cls, value: str | None) -> str | None:
+        if value is not None and _CARD_NUMBER.fullmatch(value.strip()):
+            raise ValueError("card numbers must never be sent here; send a Stripe token or PaymentMethod id")
+        return value
+
+
+class PaymentInput(Input):
+    amount: Amount = Field(description="USD to add as credits.")
+    currency: Literal["USD", "usd"] = "USD"
+    provider: Literal["stripe", "sandbox"] | None = Field(default=None, description="Default: X-Billing.")
+    payment_preference: PaymentPreference
+    billing_provider: str | None = Field(default=None, description="The X-Billing header.")
+    preferred_payment: str | None = Field(default=None, description="The X-Preferred-Payment header.")
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The Idempotency-Key header: one charge per key.",
+    )
+
+
+class TransactionOut(BaseModel):
+    id: str
+    amount: float
+    currency: str
+    status: str = Field(description="succeeded, processing, requires_action or failed.")
+    created_at: datetime
+    kind: str = Field(description="payment, hold, charge or release.")
+    description: str
+    reference: str | None
+    gateway: str | None
+
+    @classmethod
+    def of(cls, tx: LedgerTransaction) -> TransactionOut:
+        return cls(
+            id=tx.id,
+            amount=float(tx.amount),
+            currency=tx.currency,
+            status=tx.status,
+            created_at=tx.created_at,
+            kind=tx.kind,
+            description=tx.description,
+            reference=tx.reference,
+            gateway=tx.gateway,
+        )
+
+
+class PaymentTransaction(TransactionOut):
+    sandbox: bool = Field(description="True when the sandbox gateway made it: no money moved.")
+    next_action_url: str | None = Field(description="Where the card holder completes 3-D Secure.")
+
+
+class PaymentOutput(BaseModel):
+    transaction: PaymentTransaction
+    balance: float = Field(description="Available credits after this payment, USD.")
+
+
+def _gateway(ctx: ToolContext, wanted: str | None) -> PaymentGateway:
+    gateway = ctx.services.payments
+    if gateway is None:
+        raise ServiceUnavailable("payments are not configured on this server: set AISERVE_STRIPE_API_KEY")
+    if wanted is not None and wanted.lower() != gateway.name:
+        raise ValidationFailed(f"this server takes payments through {gateway.name}, not {wanted!r}")
+    return gateway
+
+
+@tool(
+    scope="billing:write",
+    annotations=Annotations("Buy credits", read_only=False, idempotent=False, open_world=True),
+)
+async def create_payment(ctx: ToolContext, args: PaymentInput) -> PaymentOutput:
+    """Buy credits (USD) with a card token or Stripe PaymentMethod id (never a card number). Credits are
+    added once per idempotency key; a payment that needs 3-D Secure returns status requires_action with
+    next_action_url and is credited when it completes. A declined card is PAYMENT_DECLINED (402)."""
+    caller = ctx.caller()
+    gateway = _gateway(ctx, args.provider or args.billing_provider)
+    method = args.payment_preference.payment_method or args.payment_preference.card_token
+    if not method:
+        raise ValidationFailed("payment_preference needs card_token or payment_method")
+    key = args.idempotency_key or f"pay-{uuid.uuid4()}"
+    amount = args.amount
+    charge = await gateway.charge(
+        amount_minor=int(amount * 100),
+        currency="usd",
+        payment_method=method,
+        idempotency_key=f"{caller.user_id}:{key}",
+        description="aiserve credits",
+        metadata={"user_id": caller.user_id},
+    )
+    ledger = ctx.services.costs.ledger
+    tx = await ledger.payment(
+        caller.user_id,
+        amount,
+        currency="USD",
+        gateway=gateway.name,
+        provider_ref=charge.provider_ref,
+        status=charge.status,
+        idempotency_key=key,
+        description="credits" + (" (sandbox: no money moved)" if gateway.name == "sandbox" else ""),
+        failure=charge.failure_message,
+    )
+    if tx.status == "failed":
+        raise PaymentDeclined(
+            charge.failure_message or "the payment was declined",
+            {"transaction_id": tx.id, "decline_code": charge.failure_code},
+        )
+    balance = await ledger.balance(caller.user_id)
+    out = TransactionOut.of(tx).model_dump()
+    return PaymentOutput(
+        transaction=PaymentTransaction(
+            **out, sandbox=gateway.name == "sandbox", next_action_url=charge.next_action_url
+        ),
+        balance=float(balance.available),
+    )
+
+
+class PageInput(Input):
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
+
+
+class TransactionsOutput(BaseModel):
+    transactions: list[TransactionOut]
+    count: int = Field(description="All of your transactions (for paging).")
+    credits: float = Field(description="Available credits, USD.")
+    held: float = Field(description="Credits set aside for running instances, USD.")
+
+
+@tool(scope="billing:read", annotations=Annotations("Transactions"))
+async def list_transactions(ctx: ToolContext, args: PageInput) -> TransactionsOutput:
+    """Your credit history, newest first (payments, holds for rented instances, charges, releases), with
+    the available and held balance."""
+    user_id = ctx.caller().user_id
+    ledger = ctx.services.costs.ledger
+    rows, total = await ledger.transactions(user_id, args.limit, args.offset)
+    balance = await ledger.balance(user_id)
+    return TransactionsOutput(
+        transactions=[TransactionOut.of(r) for r in rows],
+        count=total,
+        credits=float(balance.available),
+        held=float(balance.held),
+    )
+
+
+class WebhookOutput(BaseModel):
+    received: bool
+    duplicate: bool
+    settled: str | None = Field(description="The transaction the event settled, if any.")
+
+
+async def handle_payment_webhook(ctx: ToolContext, payload: bytes, signature: str | None) -> WebhookOutput:
+    """Verify a gateway's webhook and settle the payment it reports (each event once)."""
+    gateway = _gateway(ctx, None)
+    event = gateway.parse_webhook(payload, signature)
+    ledger = ctx.services.costs.ledger
+    if not await ledger.first_delivery(event.id):
+        return WebhookOutput(received=True, duplicate=True, settled=None)
+    if event.provider_ref is None or event.status not in ("succeeded", "failed", "processing"):
+        return WebhookOutput(received=True, duplicate=False, settled=None)
+    tx = await ledger.find_payment(event.provider_ref)
+    if tx is None:
+        return WebhookOutput(received=True, duplicate=False, settled=None)
+    settled = await ledger.settle_payment(event.provider_ref, event.status)
+    return WebhookOutput(received=True, duplicate=False, settled=settled.id)
