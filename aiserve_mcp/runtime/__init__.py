@@ -1,0 +1,1 @@
+"""Model formats, safe inspection and inference runtimes."""
