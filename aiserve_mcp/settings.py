@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     billing_sandbox: bool = False
+    model_quota_bytes: int = Field(default=100 * 2**30, gt=0)
+    model_max_file_bytes: int = Field(default=10 * 2**30, gt=0)
+    model_uploads_per_hour: int = Field(default=50, gt=0)
+    model_uploads_per_day: int = Field(default=500, gt=0)
+    model_threads: int | None = Field(default=None, gt=0)
     lb_eject_after: int = Field(default=3, ge=1)
     lb_eject_for_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"

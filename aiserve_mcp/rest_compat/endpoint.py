@@ -20,6 +20,7 @@ from aiserve_mcp.protocols.http_support import (
     services_of,
 )
 from aiserve_mcp.rest_compat.routes import PENDING, ROUTES, PendingRoute, RestRoute
+from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
 from aiserve_mcp.tools.billing import handle_payment_webhook
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool, parse_input
@@ -141,5 +142,6 @@ def rest_routes(registry: ToolRegistry) -> list[Route]:
         for r in ROUTES
     ]
     routes.append(Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]))
+    routes.append(Route(UPLOAD_PATH, model_upload, methods=["POST"]))
     routes += [Route(p.path, pending_endpoint(p), methods=[p.method]) for p in PENDING]
     return routes

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from aiserve_mcp import __version__
 from aiserve_mcp.rest_compat.routes import PENDING, ROUTES
+from aiserve_mcp.tools.models import UploadFields, UploadOutput
 from aiserve_mcp.tools.registry import ToolRegistry
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -86,6 +87,46 @@ def openapi_document(registry: ToolRegistry) -> dict[str, Any]:
             "summary": f"{pending.feature} (not available on this server yet)",
             "responses": {"501": _ERROR_RESPONSE},
         }
+    upload_fields = _schema(UploadFields, components, "validation")
+    paths["/api/v1/models/upload"] = {
+        "post": {
+            "operationId": "upload_model",
+            "summary": "Upload a model",
+            "description": "Multipart upload: the file in 'model', the other fields as form fields. "
+            "The format is detected from the file's bytes; the model then loads in the background.",
+            "security": [{"bearer": []}, {"apiKey": []}],
+            "x-required-scope": "models:write",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "allOf": [upload_fields],
+                            "properties": {"model": {"type": "string", "format": "binary"}},
+                            "required": ["model"],
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": {
+                    "description": "Stored; loading",
+                    "content": {
+                        "application/json": {"schema": _schema(UploadOutput, components, "serialization")}
+                    },
+                },
+                "default": _ERROR_RESPONSE,
+            },
+        }
+    }
+    paths["/api/v1/billing/webhook"] = {
+        "post": {
+            "operationId": "payment_webhook",
+            "summary": "Payment gateway events",
+            "description": "Stripe's signed events (header Stripe-Signature); each is applied once.",
+            "responses": {"200": {"description": "Received"}, "default": _ERROR_RESPONSE},
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "aiserve REST API", "version": __version__},

@@ -91,22 +91,20 @@ ROUTES: list[RestRoute] = [
     RestRoute("POST", "/api/v1/guardrails/spending/reset", "reset_spending"),
     RestRoute("GET", "/api/v1/guardrails/limits", "get_spending_limits"),
     RestRoute("PUT", "/api/v1/guardrails/limits", "set_spending_limits"),
+    RestRoute("GET", "/api/v1/models", "list_models"),
+    RestRoute("GET", "/api/v1/models/formats", "list_model_formats"),
+    RestRoute("GET", "/api/v1/models/{model_id}", "get_model"),
+    RestRoute("DELETE", "/api/v1/models/{model_id}", "delete_model"),
+    RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict"),
+    RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics"),
+    RestRoute("GET", "/api/v1/quota", "get_quota"),
     RestRoute("GET", "/health", "system_health", status_of=_health_status),
     RestRoute("GET", "/stats", "system_stats"),
 ]
 
-_MODELS = "model serving"
 _AGENTS = "agent protocols"
 
 PENDING: list[PendingRoute] = [
-    PendingRoute("POST", "/api/v1/models/upload", _MODELS),
-    PendingRoute("GET", "/api/v1/models", _MODELS),
-    PendingRoute("GET", "/api/v1/models/formats", _MODELS),
-    PendingRoute("GET", "/api/v1/models/{model_id}", _MODELS),
-    PendingRoute("DELETE", "/api/v1/models/{model_id}", _MODELS),
-    PendingRoute("POST", "/api/v1/models/{model_id}/predict", _MODELS),
-    PendingRoute("GET", "/api/v1/models/{model_id}/metrics", _MODELS),
-    PendingRoute("GET", "/api/v1/quota", _MODELS),
     PendingRoute("POST", "/api/v1/agent", _AGENTS),
     PendingRoute("GET", "/ws", _AGENTS),
 ]

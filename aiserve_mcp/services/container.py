@@ -26,6 +26,8 @@ from aiserve_mcp.services.gpu_contracts import ContractStore
 from aiserve_mcp.services.gpu_market import GpuMarket
 from aiserve_mcp.services.gpu_preferences import GpuPreferenceStore
 from aiserve_mcp.services.lb_pools import PoolStore
+from aiserve_mcp.services.model_host import ModelHost
+from aiserve_mcp.services.model_store import ModelStore
 from aiserve_mcp.services.ratelimit import RateLimiter
 from aiserve_mcp.services.security import TokenSigner, load_or_create_secret
 from aiserve_mcp.services.spend_store import RedisSpendStore, SpendStore, SqlSpendStore
@@ -51,6 +53,8 @@ class Services:
     market: GpuMarket
     traffic: Traffic
     costs: CostGate
+    model_store: ModelStore
+    model_host: ModelHost
     payments: PaymentGateway | None
     outbound: httpx.AsyncClient
     proxy_client: httpx.AsyncClient
@@ -101,6 +105,7 @@ class Services:
         balancer = Balancer(
             loads, eject_after=settings.lb_eject_after, eject_for_s=settings.lb_eject_for_s, clock=time.time
         )
+        model_store = ModelStore(db, settings)
         return cls(
             settings=settings,
             db=db,
@@ -119,6 +124,8 @@ class Services:
                 allow_private=settings.proxy_allow_private,
             ),
             costs=costs,
+            model_store=model_store,
+            model_host=ModelHost(model_store, telemetry, settings.model_threads),
             payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,
@@ -130,6 +137,7 @@ class Services:
         log.info("database %s is at the latest schema", self.db.engine.url.render_as_string())
 
     async def close(self) -> None:
+        await self.model_host.aclose()
         await self.market.aclose()
         await self.outbound.aclose()
         await self.proxy_client.aclose()

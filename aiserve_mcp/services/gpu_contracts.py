@@ -30,13 +30,9 @@ class ContractStore:
         return contract
 
     async def update(self, contract_id: str, **values: Any) -> GpuContract:
-        async with self._db.session() as session:
-            row = await session.get(GpuContract, contract_id, with_for_update=True)
-            if row is None:
-                raise NotFound(f"contract '{contract_id}' not found")
-            for name, value in values.items():
-                setattr(row, name, value)
-        return row
+        return await self._db.update_row(
+            GpuContract, contract_id, values, f"contract '{contract_id}' not found"
+        )
 
     async def owned(self, user_id: str, contract_id: str) -> GpuContract:
         """The caller's contract; ``NotFound`` also when it belongs to someone else."""

@@ -62,6 +62,13 @@ class Telemetry:
             buckets=(0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
             registry=self.registry,
         )
+        self.model_latency = Histogram(
+            "aiserve_model_latency_seconds",
+            "Prediction latency by model (successful runs).",
+            ["model"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
         self.requests_total = 0
         self.active_connections = 0
         self._per_second: deque[tuple[int, int]] = deque()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from aiserve_mcp.errors import NotFound
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -22,6 +24,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+RowT = TypeVar("RowT")
 _WRITERS: dict[tuple[str, int], asyncio.Lock] = {}
 
 
@@ -49,6 +52,19 @@ class Database:
         database file and event loop in this process) so that its transactions queue here instead of
         failing with "database is locked"; other processes still wait on SQLite's own busy timeout."""
         return _WRITERS.setdefault((self.url, id(asyncio.get_running_loop())), asyncio.Lock())
+
+    async def update_row(
+        self, table: type[RowT], key: object, values: Mapping[str, object], missing: str
+    ) -> RowT:
+        """Set ``values`` on the row of ``table`` with primary key ``key`` (locked while it changes);
+        ``NotFound(missing)`` when there is none."""
+        async with self.session() as session:
+            row = await session.get(table, key, with_for_update=True)
+            if row is None:
+                raise NotFound(missing)
+            for name, value in values.items():
+                setattr(row, name, value)
+        return row
 
     async def ping(self) -> float:
         """Run ``SELECT 1``; return the round trip in milliseconds (raises when the database is down)."""

@@ -1,6 +1,6 @@
 """The product surface: every tool, registered in ``REGISTRY`` when this package is imported."""
 
-from aiserve_mcp.tools import account, auth, billing, gpu, gpu_instances, guardrails, lb, system
+from aiserve_mcp.tools import account, auth, billing, gpu, gpu_instances, guardrails, lb, models, system
 from aiserve_mcp.tools.registry import REGISTRY, Tool, ToolContext, ToolRegistry
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "gpu_instances",
     "guardrails",
     "lb",
+    "models",
     "system",
 ]

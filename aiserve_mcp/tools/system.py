@@ -79,6 +79,6 @@ async def system_stats(ctx: ToolContext, args: NoInput) -> StatsOutput:
         requests_per_second=telemetry.requests_per_second(),
         active_connections=telemetry.active_connections,
         gpu_instances_active=await ctx.services.market.contracts.count_active(),
-        models_loaded=0,
+        models_loaded=ctx.services.model_host.loaded,
         uptime_s=round(time.time() - ctx.services.started_at, 3),
     )

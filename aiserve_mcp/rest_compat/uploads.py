@@ -1,0 +1,78 @@
+"""``POST /api/v1/models/upload``: a multipart upload streamed to disk, never held whole in memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aiserve_mcp.errors import AiserveError, AuthRequired, Forbidden, PayloadTooLarge, ValidationFailed
+from aiserve_mcp.protocols.http_support import client_address, error_response, principal_of, services_of
+from aiserve_mcp.tools.models import UploadFields, upload_model
+from aiserve_mcp.tools.registry import ToolContext
+from aiserve_mcp.tools.runner import validation_details
+
+UPLOAD_PATH = "/api/v1/models/upload"
+SCOPE = "models:write"
+FORM_OVERHEAD_BYTES = 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+        yield chunk
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
+
+
+async def model_upload(request: Request) -> Response:
+    services = services_of(request.scope)
+    principal = principal_of(request.scope)
+    form = None
+    try:
+        if principal is None:
+            raise AuthRequired("authentication required: send 'Authorization: Bearer <token or API key>'")
+        if not principal.has_scope(SCOPE):
+            raise Forbidden(
+                f"this API key lacks the '{SCOPE}' scope that uploads need", {"required_scope": SCOPE}
+            )
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ValidationFailed("send the model as multipart/form-data with the file in the 'model' field")
+        limit = services.settings.model_max_file_bytes + FORM_OVERHEAD_BYTES
+        parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=10)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ValidationFailed(f"malformed upload: {exc.message}") from None
+        upload = form.get("model")
+        if not isinstance(upload, UploadFile):
+            raise ValidationFailed("the 'model' field must be the model file")
+        values = {k: v for k, v in form.multi_items() if k != "model" and isinstance(v, str)}
+        try:
+            fields = UploadFields.model_validate(values)
+        except ValidationError as exc:
+            raise ValidationFailed("invalid upload fields", validation_details(exc)) from None
+        ctx = ToolContext(
+            services=services,
+            principal=principal,
+            surface="rest",
+            client_address=client_address(request.scope, services.settings.trust_forwarded_for),
+        )
+        out = await upload_model(ctx, fields, _chunks(upload), upload.filename)
+    except AiserveError as exc:
+        return error_response(exc)
+    finally:
+        if form is not None:
+            await form.close()
+    return Response(out.model_dump_json(), status_code=201, media_type="application/json")

@@ -1,0 +1,318 @@
+"""Model serving: upload (REST multipart), list, inspect, delete, predict, metrics, formats and quota."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field
+
+from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.runtime.formats import FORMATS, detect
+from aiserve_mcp.services.model_host import servable_here
+from aiserve_mcp.storage.model_tables import ServedModel
+from aiserve_mcp.tools.common import Input, NoInput
+from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+
+
+class UploadFields(Input):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    format: str | None = Field(default=None, max_length=32, description="A hint; the bytes decide.")
+    framework: str | None = Field(default=None, max_length=64)
+    version: str = Field(default="1.0.0", min_length=1, max_length=64)
+    gpu_required: bool = False
+    gpu_type: str | None = Field(default=None, max_length=64)
+
+
+class UploadOutput(BaseModel):
+    model_id: str
+    name: str
+    format: str
+    endpoint: str
+    status: str
+    message: str
+
+
+def _safe_name(filename: str | None) -> str:
+    """The last component of a client's file name, for display only (never a path)."""
+    base = (filename or "model").replace("\\", "/").rsplit("/", 1)[-1].strip() or "model"
+    return base[:200]
+
+
+async def upload_model(
+    ctx: ToolContext, fields: UploadFields, chunks: AsyncIterator[bytes], filename: str | None
+) -> UploadOutput:
+    """Store an uploaded model file under the caller's quota and start loading it."""
+    caller = ctx.caller()
+    store = ctx.services.model_store
+    quota = await store.admit(caller.user_id)
+    received = await store.receive(caller.user_id, chunks, quota.limit_bytes - quota.used_bytes)
+    try:
+        if received.size_bytes == 0:
+            raise ValidationFailed("the model file is empty")
+        found = await anyio.to_thread.run_sync(lambda: detect(received.path, filename, fields.format))
+    except BaseException:
+        await anyio.to_thread.run_sync(lambda: received.path.unlink(missing_ok=True))
+        raise
+    serving = servable_here(found.format, found.variant)
+    framework = fields.framework or next(f.framework for f in FORMATS if f.id == found.format)
+    model = ServedModel(
+        user_id=caller.user_id,
+        name=fields.name or _safe_name(filename),
+        format=found.format,
+        variant=found.variant,
+        framework=framework,
+        version=fields.version,
+        status="loading" if serving.servable else "stored",
+        status_reason=None if serving.servable else serving.reason,
+        size_bytes=received.size_bytes,
+        sha256=received.sha256,
+        filename=_safe_name(filename),
+        gpu_required=fields.gpu_required,
+        gpu_type=fields.gpu_type,
+        replicas=1,
+    )
+    await store.add(model, received)
+    if serving.servable:
+        ctx.services.model_host.start_loading(model)
+    return UploadOutput(
+        model_id=model.id,
+        name=model.name,
+        format=model.format,
+        endpoint=f"/api/v1/models/{model.id}/predict",
+        status=model.status,
+        message="Model uploaded successfully and loading"
+        if serving.servable
+        else f"Model stored; it cannot be served here: {serving.reason}",
+    )
+
+
+class ModelSummary(BaseModel):
+    id: str
+    name: str
+    format: str
+    status: str = Field(description="loading, ready, failed, or stored (kept but not servable here).")
+    created_at: datetime
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+    count: int
+
+
+@tool(scope="models:read", annotations=Annotations("My models"))
+async def list_models(ctx: ToolContext, args: NoInput) -> ModelList:
+    """Your uploaded models, newest first, with their format and status."""
+    rows = await ctx.services.model_store.list_for(ctx.caller().user_id)
+    return ModelList(
+        models=[
+            ModelSummary(id=r.id, name=r.name, format=r.format, status=r.status, created_at=r.created_at)
+            for r in rows
+        ],
+        count=len(rows),
+    )
+
+
+class ModelRef(Input):
+    model_id: str = Field(min_length=1, max_length=36)
+
+
+class ModelDetails(BaseModel):
+    id: str
+    name: str
+    format: str
+    variant: str | None
+    version: str
+    framework: str | None
+    status: str
+    status_reason: str | None = Field(description="Why it is failed or not servable, and what would fix it.")
+    replicas: int
+    total_requests: int
+    average_latency: float | None
+    error_rate: float
+    size_bytes: int
+    sha256: str
+    gpu_required: bool
+    signature: dict[str, Any] | None = Field(
+        description="Inputs and outputs: name, dtype, shape (null: any)."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+@tool(scope="models:read", annotations=Annotations("Model details"))
+async def get_model(ctx: ToolContext, args: ModelRef) -> ModelDetails:
+    """One of your models: status (with the reason when it cannot serve), its input/output signature and
+    measured request totals."""
+    row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
+    measured = ctx.services.model_host.metrics(row.id)
+    return ModelDetails(
+        id=row.id,
+        name=row.name,
+        format=row.format,
+        variant=row.variant,
+        version=row.version,
+        framework=row.framework,
+        status=row.status,
+        status_reason=row.status_reason,
+        replicas=row.replicas,
+        total_requests=measured.total_requests,
+        average_latency=measured.average_ms,
+        error_rate=measured.error_rate,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        gpu_required=row.gpu_required,
+        signature=row.signature,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class Message(BaseModel):
+    message: str
+
+
+@tool(scope="models:write", annotations=Annotations("Delete model", read_only=False, destructive=True))
+async def delete_model(ctx: ToolContext, args: ModelRef) -> Message:
+    """Delete one of your models: its file is removed and its storage returns to your quota."""
+    row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
+    ctx.services.model_host.forget(row.id)
+    await ctx.services.model_store.delete(row)
+    return Message(message="Model deleted successfully")
+
+
+class PredictInput(ModelRef):
+    inputs: dict[str, Any] = Field(
+        min_length=1,
+        description="Input name -> nested list of any shape; a one-input model also takes "
+        "{'features': [...]}.",
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Accepted and echoed; unused by ONNX."
+    )
+
+
+class PredictOutput(BaseModel):
+    model_id: str
+    outputs: dict[str, Any]
+    latency_ms: float
+    metadata: dict[str, Any]
+
+
+@tool(scope="models:read", annotations=Annotations("Run inference", read_only=False, idempotent=True))
+async def predict(ctx: ToolContext, args: PredictInput) -> PredictOutput:
+    """Run one of your ready models. Inputs are checked against its signature (names, dtypes, shapes;
+    VALIDATION_ERROR says what was expected); outputs map the model's output names to nested lists.
+    metadata.used_gpu is true only when it really ran on a GPU."""
+    row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
+    result = await ctx.services.model_host.predict(row, args.inputs)
+    return PredictOutput(
+        model_id=row.id,
+        outputs=result.outputs,
+        latency_ms=result.latency_ms,
+        metadata={
+            "format": row.format,
+            "runtime": result.runtime,
+            "version": row.version,
+            "used_gpu": result.used_gpu,
+        },
+    )
+
+
+class MetricsOutput(BaseModel):
+    model_id: str
+    name: str
+    total_requests: int
+    average_latency: float | None
+    p50_latency: float | None
+    p95_latency: float | None
+    p99_latency: float | None
+    error_rate: float
+    status: str
+    replicas: int
+
+
+@tool(scope="models:read", annotations=Annotations("Model metrics"))
+async def get_model_metrics(ctx: ToolContext, args: ModelRef) -> MetricsOutput:
+    """Measured prediction metrics of one of your models on this server: requests, error rate, and
+    average/p50/p95/p99 latency in ms over the latest 10,000 predictions (null before the first)."""
+    row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
+    measured = ctx.services.model_host.metrics(row.id)
+    return MetricsOutput(
+        model_id=row.id,
+        name=row.name,
+        total_requests=measured.total_requests,
+        average_latency=measured.average_ms,
+        p50_latency=measured.p50_ms,
+        p95_latency=measured.p95_ms,
+        p99_latency=measured.p99_ms,
+        error_rate=measured.error_rate,
+        status=row.status,
+        replicas=row.replicas,
+    )
+
+
+class FormatOut(BaseModel):
+    format: str
+    extensions: list[str]
+    framework: str
+    description: str
+    servable: bool = Field(description="Whether this server can run models of this format now.")
+    reason: str = Field(description="When not servable: why, and what would make it so.")
+
+
+class FormatList(BaseModel):
+    formats: list[FormatOut]
+    count: int
+
+
+@tool(scope=None, annotations=Annotations("Model formats"))
+async def list_model_formats(ctx: ToolContext, args: NoInput) -> FormatList:
+    """The 13 model formats this platform recognises, with extensions and framework, and whether this
+    server can serve each one now (formats are detected from file contents, not names)."""
+    formats = []
+    for f in FORMATS:
+        serving = servable_here(f.id, "torchscript" if f.id == "pytorch" else None)
+        formats.append(
+            FormatOut(
+                format=f.id,
+                extensions=list(f.extensions),
+                framework=f.framework,
+                description=f.description,
+                servable=serving.servable,
+                reason=serving.reason,
+            )
+        )
+    return FormatList(formats=formats, count=len(formats))
+
+
+class QuotaOutput(BaseModel):
+    user_id: str
+    storage: dict[str, float]
+    file_size: dict[str, int]
+    rate_limits: dict[str, int]
+
+
+@tool(scope="models:read", annotations=Annotations("Storage quota"))
+async def get_quota(ctx: ToolContext, args: NoInput) -> QuotaOutput:
+    """Your model storage: bytes used and allowed, the largest file accepted, and uploads in the last hour
+    and day against their limits."""
+    user_id = ctx.caller().user_id
+    quota = await ctx.services.model_store.quota(user_id)
+    return QuotaOutput(
+        user_id=user_id,
+        storage={
+            "used_bytes": quota.used_bytes,
+            "limit_bytes": quota.limit_bytes,
+            "used_pct": round(quota.used_bytes / quota.limit_bytes * 100, 2),
+        },
+        file_size={"max_bytes": quota.max_file_bytes},
+        rate_limits={
+            "uploads_last_hour": quota.uploads_last_hour,
+            "hourly_limit": quota.hourly_limit,
+            "uploads_last_day": quota.uploads_last_day,
+            "daily_limit": quota.daily_limit,
+        },
+    )

@@ -1,0 +1,216 @@
+"""Model serving through the API: upload, background loading, predictions equal to the runtime's own,
+ownership, quotas and hostile files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort  # type: ignore[import-untyped]
+import pytest
+from onnx import TensorProto, helper
+from starlette.applications import Starlette
+
+from aiserve_mcp.app import create_app
+from aiserve_mcp.settings import Settings
+from tests.conftest import Account, running, sign_up
+
+IR_VERSION = 10
+
+
+def mlp_bytes(seed: int = 0) -> bytes:
+    """A 4-64-2 MLP with a free batch dimension, as an ONNX file."""
+    rng = np.random.default_rng(seed)
+    w1, b1 = rng.standard_normal((4, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    w2, b2 = rng.standard_normal((64, 2)).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["input", "w1", "b1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["hr"]),
+            helper.make_node("Gemm", ["hr", "w2", "b2"], ["output"]),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 2])],
+        [onnx.numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+    return bytes(model.SerializeToString())
+
+
+class Pwned:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+async def served(settings: Settings) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    limited = settings.model_copy(update={"model_uploads_per_hour": 6, "model_max_file_bytes": 2_000_000})
+    async with running(create_app(limited)) as app:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
+            yield app, client
+
+
+async def upload(
+    client: httpx.AsyncClient, account: Account, content: bytes, filename: str = "mlp.onnx", **fields: str
+) -> httpx.Response:
+    return await client.post(
+        "/api/v1/models/upload",
+        files={"model": (filename, content, "application/octet-stream")},
+        data=fields,
+        headers=account.headers,
+    )
+
+
+async def until_settled(client: httpx.AsyncClient, account: Account, model_id: str) -> dict[str, object]:
+    for _ in range(200):
+        details = (await client.get(f"/api/v1/models/{model_id}", headers=account.headers)).json()
+        if details["status"] != "loading":
+            return dict(details)
+        await asyncio.sleep(0.02)
+    raise AssertionError("the model never finished loading")
+
+
+async def test_upload_load_and_predict_exactly_as_the_runtime(
+    served: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    _, client = served
+    owner = await sign_up(client)
+    content = mlp_bytes()
+    answer = await upload(client, owner, content, name="mlp", version="2.0.0")
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["format"] == "onnx" and body["status"] == "loading" and body["name"] == "mlp"
+    assert body["endpoint"] == f"/api/v1/models/{body['model_id']}/predict"
+    details = await until_settled(client, owner, body["model_id"])
+    assert details["status"] == "ready" and details["version"] == "2.0.0"
+    assert details["signature"] == {
+        "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 4]}],
+        "outputs": [{"name": "output", "dtype": "float32", "shape": [None, 2]}],
+    }
+
+    rows = [[0.1, 0.2, 0.3, 0.4], [1.0, -2.0, 3.5, 0.0]]
+    expected = ort.InferenceSession(content).run(None, {"input": np.asarray(rows, dtype=np.float32)})[0]
+    path = f"/api/v1/models/{body['model_id']}/predict"
+    out = (await client.post(path, json={"inputs": {"input": rows}}, headers=owner.headers)).json()
+    assert np.array_equal(np.asarray(out["outputs"]["output"], dtype=np.float32), expected)
+    assert out["metadata"] == {
+        "format": "onnx",
+        "runtime": "onnxruntime",
+        "version": "2.0.0",
+        "used_gpu": False,
+    }
+    assert out["latency_ms"] > 0
+    single = (await client.post(path, json={"inputs": {"features": rows[0]}}, headers=owner.headers)).json()
+    assert np.array_equal(np.asarray(single["outputs"]["output"], dtype=np.float32), expected[:1])
+
+    for bad in ({"input": [[1, 2, 3]]}, {"nope": [[1, 2, 3, 4]]}, {"input": [["a", "b", "c", "d"]]}):
+        refused = await client.post(path, json={"inputs": bad}, headers=owner.headers)
+        assert refused.status_code == 400 and refused.json()["code"] == "VALIDATION_ERROR", bad
+
+    metrics = (await client.get(f"/api/v1/models/{body['model_id']}/metrics", headers=owner.headers)).json()
+    assert metrics["total_requests"] == 5 and metrics["error_rate"] == 0.6
+    assert metrics["p50_latency"] is not None and metrics["p99_latency"] >= metrics["p50_latency"]
+    assert (await client.get("/stats")).json()["models_loaded"] == 1
+    listed = (await client.get("/api/v1/models", headers=owner.headers)).json()
+    assert listed["count"] == 1 and listed["models"][0]["status"] == "ready"
+    exposition = (await client.get("/metrics")).text
+    assert f'aiserve_model_latency_seconds_count{{model="{body["model_id"]}"}} 2.0' in exposition
+
+
+async def test_models_belong_to_their_owner_and_delete_frees_the_quota(
+    served: tuple[Starlette, httpx.AsyncClient], settings: Settings
+) -> None:
+    _, client = served
+    owner, intruder = await sign_up(client), await sign_up(client)
+    model_id = (await upload(client, owner, mlp_bytes())).json()["model_id"]
+    await until_settled(client, owner, model_id)
+    for method, path in (
+        ("GET", f"/api/v1/models/{model_id}"),
+        ("GET", f"/api/v1/models/{model_id}/metrics"),
+        ("DELETE", f"/api/v1/models/{model_id}"),
+    ):
+        assert (await client.request(method, path, headers=intruder.headers)).status_code == 404
+    stolen = await client.post(
+        f"/api/v1/models/{model_id}/predict",
+        json={"inputs": {"input": [[1, 2, 3, 4]]}},
+        headers=intruder.headers,
+    )
+    assert stolen.status_code == 404
+
+    quota = (await client.get("/api/v1/quota", headers=owner.headers)).json()
+    assert (
+        quota["storage"]["used_bytes"] == len(mlp_bytes()) and quota["rate_limits"]["uploads_last_hour"] == 1
+    )
+    assert quota["file_size"]["max_bytes"] == 2_000_000 and quota["rate_limits"]["hourly_limit"] == 6
+    files = list((settings.data_dir / "models").rglob("*"))
+    assert any(f.name == model_id for f in files)
+    gone = await client.delete(f"/api/v1/models/{model_id}", headers=owner.headers)
+    assert gone.json() == {"message": "Model deleted successfully"}
+    assert not any(f.is_file() for f in (settings.data_dir / "models").rglob("*"))
+    after = (await client.get("/api/v1/quota", headers=owner.headers)).json()
+    assert after["storage"]["used_bytes"] == 0 and after["rate_limits"]["uploads_last_hour"] == 1
+
+
+async def test_hostile_and_odd_files(served: tuple[Starlette, httpx.AsyncClient], tmp_path: Path) -> None:
+    _, client = served
+    owner = await sign_up(client)
+    renamed = await upload(client, owner, mlp_bytes(), filename="../../etc/model.pt")
+    assert (
+        renamed.status_code == 201
+        and renamed.json()["format"] == "onnx"
+        and renamed.json()["name"] == "model.pt"
+    )
+
+    marker = tmp_path / "pwned"
+    hostile = await upload(client, owner, pickle.dumps(Pwned(marker)), filename="model.pkl")
+    assert hostile.status_code == 201, hostile.text
+    stored = await until_settled(client, owner, hostile.json()["model_id"])
+    assert stored["status"] == "stored" and "pickle" in str(stored["status_reason"]).lower()
+    refused = await client.post(
+        f"/api/v1/models/{hostile.json()['model_id']}/predict",
+        json={"inputs": {"x": [1]}},
+        headers=owner.headers,
+    )
+    assert refused.status_code == 409
+    assert not marker.exists()
+
+    truncated = await upload(client, owner, mlp_bytes()[:200])
+    assert truncated.status_code == 400
+    empty = await upload(client, owner, b"")
+    assert empty.status_code == 400
+    too_big = await upload(client, owner, b"\0" * 2_500_000, filename="big.onnx")
+    assert too_big.status_code == 413
+    unknown_field = await upload(client, owner, mlp_bytes(), owner_id="someone-else")
+    assert unknown_field.status_code == 400
+    not_multipart = await client.post("/api/v1/models/upload", json={"model": "x"}, headers=owner.headers)
+    assert not_multipart.status_code == 400
+    anonymous = await client.post("/api/v1/models/upload", files={"model": ("m.onnx", mlp_bytes())})
+    assert anonymous.status_code == 401
+    assert not [f for f in (Path(tmp_path).parent).rglob("*.upload")]
+
+
+async def test_upload_rates_are_limited(served: tuple[Starlette, httpx.AsyncClient]) -> None:
+    _, client = served
+    owner = await sign_up(client)
+    codes = [(await upload(client, owner, mlp_bytes(i))).status_code for i in range(7)]
+    assert codes == [201] * 6 + [429]
+
+
+async def test_the_formats_list_is_public_and_honest(served: tuple[Starlette, httpx.AsyncClient]) -> None:
+    _, client = served
+    body = (await client.get("/api/v1/models/formats")).json()
+    assert body["count"] == 13 and len(body["formats"]) == 13
+    by_id = {f["format"]: f for f in body["formats"]}
+    assert by_id["onnx"]["servable"] is True and ".onnx" in by_id["onnx"]["extensions"]
+    assert by_id["sklearn"]["servable"] is False and by_id["sklearn"]["reason"]
