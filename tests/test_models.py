@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.settings import Settings
-from tests.conftest import Account, running, sign_up
+from tests.conftest import Account, api_key, running, sign_up
 
 IR_VERSION = 10
 
@@ -214,3 +214,79 @@ async def test_the_formats_list_is_public_and_honest(served: tuple[Starlette, ht
     by_id = {f["format"]: f for f in body["formats"]}
     assert by_id["onnx"]["servable"] is True and ".onnx" in by_id["onnx"]["extensions"]
     assert by_id["sklearn"]["servable"] is False and by_id["sklearn"]["reason"]
+
+
+async def test_concurrent_predictions_are_batched_and_answered_exactly(
+    served: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    app, client = served
+    owner = await sign_up(client)
+    content = mlp_bytes(3)
+    model_id = (await upload(client, owner, content)).json()["model_id"]
+    await until_settled(client, owner, model_id)
+    rng = np.random.default_rng(7)
+    rows = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(64)]
+    session = ort.InferenceSession(content)
+    singles = [session.run(None, {"input": r})[0] for r in rows]
+    answers = await asyncio.gather(
+        *(
+            client.post(
+                f"/api/v1/models/{model_id}/predict",
+                json={"inputs": {"input": r.tolist()}},
+                headers=owner.headers,
+            )
+            for r in rows
+        )
+    )
+    for answer, single in zip(answers, singles, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert np.array_equal(np.asarray(answer.json()["outputs"]["output"], dtype=np.float32), single)
+    registry = app.state.services.telemetry.registry
+    labels = {"model": model_id}
+    runs = registry.get_sample_value("aiserve_model_batch_requests_count", labels)
+    carried = registry.get_sample_value("aiserve_model_batch_requests_sum", labels)
+    assert carried == 64 and runs is not None and runs < 64  # coalesced, every request answered once
+
+
+async def test_open_inference_protocol_clients_work_with_an_api_key(
+    served: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    _, client = served
+    owner = await sign_up(client)
+    key = Account(
+        owner.email, owner.user_id, await api_key(client, owner, scopes=["models:read", "models:write"]), ""
+    )
+    content = mlp_bytes(5)
+    model_id = (await upload(client, key, content, name="mlp-v2")).json()["model_id"]
+    await until_settled(client, owner, model_id)
+    assert (await client.get("/v2/health/live")).json() == {"live": True}
+    assert (await client.get("/v2/health/ready")).status_code == 200
+    meta = (await client.get("/v2/models/mlp-v2", headers=key.headers)).json()
+    assert meta["platform"] == "onnxruntime_onnx" and meta["versions"] == ["1.0.0"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert (await client.get("/v2/models/mlp-v2/ready", headers=key.headers)).json() == {
+        "name": "mlp-v2",
+        "ready": True,
+    }
+
+    data = [0.0, 0.01, 0.02, 0.03, 1.0, 2.0, 3.0, 4.0]
+    request = {"id": "r1", "inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": data}]}
+    answer = await client.post("/v2/models/mlp-v2/infer", json=request, headers=key.headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = ort.InferenceSession(content).run(
+        None, {"input": np.asarray(data, dtype=np.float32).reshape(2, 4)}
+    )[0]
+    (out,) = body["outputs"]
+    assert (body["model_name"], body["model_version"], body["id"]) == ("mlp-v2", "1.0.0", "r1")
+    assert (out["name"], out["datatype"], out["shape"]) == ("output", "FP32", [2, 2])
+    assert np.array_equal(np.asarray(out["data"], dtype=np.float32), expected.reshape(-1))
+
+    wrong_type = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}
+    assert (
+        await client.post("/v2/models/mlp-v2/infer", json=wrong_type, headers=key.headers)
+    ).status_code == 400
+    short = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3]}]}
+    assert (await client.post("/v2/models/mlp-v2/infer", json=short, headers=key.headers)).status_code == 400
+    assert (await client.get("/v2/models/mlp-v2", headers=(await sign_up(client)).headers)).status_code == 404
+    assert (await client.get("/v2/models/mlp-v2")).status_code == 401

@@ -12,6 +12,7 @@ from aiserve_mcp.protocols.http_support import client_address, error_response, s
 from aiserve_mcp.services.principal import Principal
 
 API_PREFIX = "/api/v1"
+GATED_PREFIXES = (API_PREFIX, "/v2")  # the REST API and the Open Inference Protocol
 
 
 class TelemetryMiddleware:
@@ -56,15 +57,15 @@ def bearer_credential(headers: Headers) -> str | None:
 
 
 class ApiGatewayMiddleware:
-    """On ``/api/v1``: resolve the caller (bad credentials are refused at once; missing ones are left to
-    each route), then spend one request of the caller's budget (per user, or per address when anonymous)
-    and report it in ``X-RateLimit-*`` headers."""
+    """On ``/api/v1`` and ``/v2``: resolve the caller (bad credentials are refused at once; missing ones
+    are left to each route), then spend one request of the caller's budget (per user, or per address
+    when anonymous) and report it in ``X-RateLimit-*`` headers."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(GATED_PREFIXES):
             await self.app(scope, receive, send)
             return
         services = services_of(scope)

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from aiserve_mcp.services.traffic import UpstreamReply
+from aiserve_mcp.tools.inference_v2 import ModelReady
 from aiserve_mcp.tools.lb import open_proxy
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.system import HealthOutput
@@ -43,6 +44,11 @@ class PendingRoute:
 def _health_status(out: BaseModel) -> int:
     assert isinstance(out, HealthOutput)
     return 200 if out.status == "ok" else 503
+
+
+def _ready_status(out: BaseModel) -> int:
+    assert isinstance(out, ModelReady)
+    return 200 if out.ready else 503
 
 
 ROUTES: list[RestRoute] = [
@@ -98,6 +104,11 @@ ROUTES: list[RestRoute] = [
     RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict"),
     RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics"),
     RestRoute("GET", "/api/v1/quota", "get_quota"),
+    RestRoute("GET", "/v2/health/live", "v2_live"),
+    RestRoute("GET", "/v2/health/ready", "v2_ready"),
+    RestRoute("GET", "/v2/models/{model_name}", "v2_model_metadata"),
+    RestRoute("GET", "/v2/models/{model_name}/ready", "v2_model_ready", status_of=_ready_status),
+    RestRoute("POST", "/v2/models/{model_name}/infer", "v2_infer"),
     RestRoute("GET", "/health", "system_health", status_of=_health_status),
     RestRoute("GET", "/stats", "system_stats"),
 ]

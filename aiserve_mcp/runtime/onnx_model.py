@@ -139,16 +139,16 @@ class OnnxModel:
     def predict(self, raw: Mapping[str, Any], *, allow_nonfinite: bool = False) -> dict[str, list[Any]]:
         """:meth:`prepare`, :meth:`run`, and every output as nested Python lists."""
         outputs = self.run(self.prepare(raw, allow_nonfinite=allow_nonfinite))
-        return {name: _to_python(value) for name, value in outputs.items()}
+        return {name: to_python(value) for name, value in outputs.items()}
 
 
-def _to_python(value: Any) -> Any:
+def to_python(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     if isinstance(value, list | tuple):
-        return [_to_python(v) for v in value]
+        return [to_python(v) for v in value]
     if isinstance(value, dict):
-        return {(k.item() if isinstance(k, np.generic) else k): _to_python(v) for k, v in value.items()}
+        return {(k.item() if isinstance(k, np.generic) else k): to_python(v) for k, v in value.items()}
     return value
 
 

@@ -125,7 +125,7 @@ class Services:
             ),
             costs=costs,
             model_store=model_store,
-            model_host=ModelHost(model_store, telemetry, settings.model_threads),
+            model_host=ModelHost(model_store, telemetry, settings.model_threads, settings.model_max_batch),
             payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,

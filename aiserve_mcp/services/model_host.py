@@ -1,5 +1,8 @@
 """Loading models and answering predictions, with measured latencies.
 
+Models whose inputs all have a free first dimension are served through a greedy batcher
+(``services/batching.py``): concurrent predictions are coalesced into one run and split back exactly.
+
 Only formats that are data, not programs, run in this process: ONNX today (its graph is interpreted by
 onnxruntime; files with external data are refused at upload). A model is loaded in the background after
 its upload, and lazily by any other server process that receives a prediction for it.
@@ -19,7 +22,8 @@ import anyio
 
 from aiserve_mcp.errors import Conflict, ServiceUnavailable
 from aiserve_mcp.runtime.formats import Servability, servability
-from aiserve_mcp.runtime.onnx_model import OnnxModel
+from aiserve_mcp.runtime.onnx_model import OnnxModel, to_python
+from aiserve_mcp.services.batching import GreedyBatcher
 from aiserve_mcp.services.model_store import ModelStore
 from aiserve_mcp.services.telemetry import Telemetry
 from aiserve_mcp.storage.model_tables import ServedModel
@@ -90,8 +94,10 @@ class Prediction:
 
 
 class ModelHost:
-    def __init__(self, store: ModelStore, telemetry: Telemetry, threads: int | None) -> None:
+    def __init__(self, store: ModelStore, telemetry: Telemetry, threads: int | None, max_batch: int) -> None:
         self._store = store
+        self._max_batch = max_batch
+        self._batchers: dict[str, GreedyBatcher] = {}
         self._telemetry = telemetry
         self._threads = threads
         self._loaded: dict[str, OnnxModel] = {}
@@ -149,7 +155,17 @@ class ModelHost:
         metrics = self._metrics.setdefault(model.id, ModelMetrics())
         started = time.perf_counter()
         try:
-            outputs = await anyio.to_thread.run_sync(runner.predict, inputs)
+            arrays = runner.prepare(inputs)
+            if runner.batchable:
+                batcher = self._batchers.get(model.id)
+                if batcher is None:
+                    sizes = self._telemetry.model_batch_size.labels(model.id)
+                    batcher = GreedyBatcher(runner.run, self._max_batch, sizes.observe)
+                    self._batchers[model.id] = batcher
+                raw = await batcher.submit(arrays)
+            else:
+                raw = await anyio.to_thread.run_sync(runner.run, arrays)
+            outputs = {name: to_python(value) for name, value in raw.items()}
         except Exception:
             metrics.record((time.perf_counter() - started) * 1000, ok=False)
             raise
@@ -163,6 +179,7 @@ class ModelHost:
 
     def forget(self, model_id: str) -> None:
         self._loaded.pop(model_id, None)
+        self._batchers.pop(model_id, None)
         self._metrics.pop(model_id, None)
         self._locks.pop(model_id, None)
 

@@ -69,6 +69,13 @@ class Telemetry:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=self.registry,
         )
+        self.model_batch_size = Histogram(
+            "aiserve_model_batch_requests",
+            "Predictions carried by each model run (greedy batching), by model.",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.requests_total = 0
         self.active_connections = 0
         self._per_second: deque[tuple[int, int]] = deque()

@@ -1,6 +1,17 @@
 """The product surface: every tool, registered in ``REGISTRY`` when this package is imported."""
 
-from aiserve_mcp.tools import account, auth, billing, gpu, gpu_instances, guardrails, lb, models, system
+from aiserve_mcp.tools import (
+    account,
+    auth,
+    billing,
+    gpu,
+    gpu_instances,
+    guardrails,
+    inference_v2,
+    lb,
+    models,
+    system,
+)
 from aiserve_mcp.tools.registry import REGISTRY, Tool, ToolContext, ToolRegistry
 
 __all__ = [
@@ -14,6 +25,7 @@ __all__ = [
     "gpu",
     "gpu_instances",
     "guardrails",
+    "inference_v2",
     "lb",
     "models",
     "system",
