@@ -94,6 +94,21 @@ async def running(app: Starlette) -> AsyncIterator[Starlette]:
         await task
 
 
+@asynccontextmanager
+async def asgi_client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client that calls ``app`` in process, as a caller at 127.0.0.1."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080", timeout=30) as c:
+        yield c
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    """The app built from ``settings``, running, with an in-process client."""
+    async with running(create_app(settings)) as app, asgi_client(app) as client:
+        yield app, client
+
+
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[Starlette]:
     async with running(create_app(settings)) as started:
@@ -102,8 +117,7 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
 
 @pytest.fixture
 async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as c:
+    async with asgi_client(app) as c:
         yield c
 
 

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from aiserve_mcp.app import create_app
 from aiserve_mcp.billing.ledger import Ledger
 from aiserve_mcp.errors import InsufficientCredits
 from aiserve_mcp.settings import Settings
@@ -29,7 +28,7 @@ from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.ledger_tables import LedgerAccount, LedgerEntry
 from aiserve_mcp.storage.migrate import upgrade
 from aiserve_mcp.storage.models import User
-from tests.conftest import Account, api_key, running, serve, sign_up
+from tests.conftest import Account, api_key, app_client, serve, sign_up
 from tests.fakes.stripe_server import API_KEY, StripeState, payment_intent_event, signed_event, stripe_app
 from tests.fakes.vastai_server import API_KEY as VAST_KEY
 from tests.fakes.vastai_server import VastAiState, make_offers, vastai_app
@@ -68,10 +67,8 @@ async def billing(settings: Settings) -> AsyncIterator[Billing]:
                 "rate_limit": 100_000,
             }
         )
-        async with running(create_app(configured)) as app:
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-                yield Billing(stripe, vast, client)
+        async with app_client(configured) as (_, client):
+            yield Billing(stripe, vast, client)
 
 
 async def pay(
@@ -182,12 +179,10 @@ async def test_3d_secure_payments_are_settled_by_the_signed_webhook(billing: Bil
 
 
 async def test_payments_need_a_gateway(settings: Settings) -> None:
-    async with running(create_app(settings)) as app:
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-            owner = await sign_up(client)
-            answer = await pay(client, owner, 5, "pm_card_visa")
-            assert answer.status_code == 503 and "AISERVE_STRIPE_API_KEY" in answer.json()["error"]
+    async with app_client(settings) as (_, client):
+        owner = await sign_up(client)
+        answer = await pay(client, owner, 5, "pm_card_visa")
+        assert answer.status_code == 503 and "AISERVE_STRIPE_API_KEY" in answer.json()["error"]
 
 
 async def set_limits(

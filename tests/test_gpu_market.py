@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from aiserve_mcp.app import create_app
 from aiserve_mcp.protocols.mcp_http import MCP_PATH
 from aiserve_mcp.settings import Settings
-from tests.conftest import Account, funded, running, serve, sign_up
+from tests.conftest import Account, app_client, asgi_client, funded, running, serve, sign_up
 from tests.fakes.ionet_server import IoNetState, ionet_app
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
 
@@ -99,8 +99,7 @@ async def market_app(market: Market) -> AsyncIterator[Starlette]:
 
 @pytest.fixture
 async def http(market_app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=market_app, client=("127.0.0.1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as c:
+    async with asgi_client(market_app) as c:
         yield c
 
 
@@ -163,19 +162,17 @@ async def test_searches_are_cached_briefly(market: Market, http: httpx.AsyncClie
 
 
 async def test_unconfigured_marketplaces_are_listed_not_faked(settings: Settings) -> None:
-    async with running(create_app(settings)) as app:
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-            owner = await sign_up(client)
-            body = (await client.get("/api/v1/gpu/instances", headers=owner.headers)).json()
-            reports = {p["name"]: p for p in body["providers"]}
-            assert reports["vastai"]["configured"] is False and reports["ionet"]["configured"] is False
-            assert {o["provider"] for o in body["instances"]} == {"local"}
-            assert body["errors"] == []
-            rent = await client.post("/api/v1/gpu/instances/vastai/101", json={}, headers=owner.headers)
-            assert rent.status_code == 503 and "AISERVE_VASTAI_API_KEY" in rent.json()["error"]
-            preview = await client.post("/api/v1/gpu/preferences/test", json={}, headers=owner.headers)
-            assert preview.json()["source"] == "catalog"
+    async with app_client(settings) as (_, client):
+        owner = await sign_up(client)
+        body = (await client.get("/api/v1/gpu/instances", headers=owner.headers)).json()
+        reports = {p["name"]: p for p in body["providers"]}
+        assert reports["vastai"]["configured"] is False and reports["ionet"]["configured"] is False
+        assert {o["provider"] for o in body["instances"]} == {"local"}
+        assert body["errors"] == []
+        rent = await client.post("/api/v1/gpu/instances/vastai/101", json={}, headers=owner.headers)
+        assert rent.status_code == 503 and "AISERVE_VASTAI_API_KEY" in rent.json()["error"]
+        preview = await client.post("/api/v1/gpu/preferences/test", json={}, headers=owner.headers)
+        assert preview.json()["source"] == "catalog"
 
 
 async def test_rent_refresh_and_destroy_an_owned_instance(

@@ -7,9 +7,8 @@ import os
 import httpx
 import pytest
 
-from aiserve_mcp.app import create_app
 from aiserve_mcp.settings import Settings
-from tests.conftest import Account, running, sign_up
+from tests.conftest import Account, app_client, sign_up
 
 
 def pid_of(instance_id: str) -> int:
@@ -65,11 +64,9 @@ async def test_reserve_two_local_workers_then_destroy_them(
 
 
 async def test_workers_stop_with_the_server(settings: Settings) -> None:
-    async with running(create_app(settings)) as app:
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-            owner = await sign_up(client)
-            rented = await client.post("/api/v1/gpu/instances/local/cpu1", json={}, headers=owner.headers)
-            pid = pid_of(rented.json()["instance_id"])
-            assert alive(pid)
+    async with app_client(settings) as (_, client):
+        owner = await sign_up(client)
+        rented = await client.post("/api/v1/gpu/instances/local/cpu1", json={}, headers=owner.headers)
+        pid = pid_of(rented.json()["instance_id"])
+        assert alive(pid)
     assert not alive(pid)

@@ -17,9 +17,8 @@ import pytest
 from onnx import TensorProto, helper
 from starlette.applications import Starlette
 
-from aiserve_mcp.app import create_app
 from aiserve_mcp.settings import Settings
-from tests.conftest import Account, api_key, running, sign_up
+from tests.conftest import Account, api_key, app_client, sign_up
 
 IR_VERSION = 10
 
@@ -55,10 +54,8 @@ class Pwned:
 @pytest.fixture
 async def served(settings: Settings) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     limited = settings.model_copy(update={"model_uploads_per_hour": 6, "model_max_file_bytes": 2_000_000})
-    async with running(create_app(limited)) as app:
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-            yield app, client
+    async with app_client(limited) as (app, client):
+        yield app, client
 
 
 async def upload(

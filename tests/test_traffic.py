@@ -14,12 +14,11 @@ import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
-from aiserve_mcp.app import create_app
 from aiserve_mcp.settings import Settings
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.runner import call_tool
-from tests.conftest import Account, funded, running, serve, sign_up
+from tests.conftest import Account, app_client, funded, serve, sign_up
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
 
 
@@ -40,20 +39,16 @@ async def pool(settings: Settings) -> AsyncIterator[Pool]:
     fast = settings.model_copy(
         update={"local_cpu_slots": 3, "proxy_timeout_s": 1.0, "lb_eject_after": 3, "lb_eject_for_s": 1.0}
     )
-    async with running(create_app(fast)) as app:
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://127.0.0.1:8080", timeout=30
-        ) as client:
-            owner = await sign_up(client)
-            answer = await client.post(
-                "/api/v1/gpu/instances/reserve",
-                json={"count": 3, "filters": {"provider": "local"}},
-                headers=owner.headers,
-            )
-            reserved = answer.json()["reserved"]
-            assert len(reserved) == 3, answer.text
-            yield Pool(app, client, owner, {r["contract_id"]: pid_of(r["instance_id"]) for r in reserved})
+    async with app_client(fast) as (app, client):
+        owner = await sign_up(client)
+        answer = await client.post(
+            "/api/v1/gpu/instances/reserve",
+            json={"count": 3, "filters": {"provider": "local"}},
+            headers=owner.headers,
+        )
+        reserved = answer.json()["reserved"]
+        assert len(reserved) == 3, answer.text
+        yield Pool(app, client, owner, {r["contract_id"]: pid_of(r["instance_id"]) for r in reserved})
 
 
 async def proxied_pid(pool: Pool, **fields: object) -> int:
@@ -190,22 +185,20 @@ async def test_instances_on_private_addresses_are_refused(settings: Settings) ->
         configured = settings.model_copy(
             update={"vastai_url": vast_url, "vastai_api_key": SecretStr(API_KEY), "billing_sandbox": True}
         )
-        async with running(create_app(configured)) as app:
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as client:
-                owner = await funded(client)
-                offer_id = vast.offers[0]["id"]
-                rented = await client.post(
-                    f"/api/v1/gpu/instances/vastai/{offer_id}", json={}, headers=owner.headers
-                )
-                contract = rented.json()
-                refreshed = await client.get(
-                    f"/api/v1/gpu/contracts/{contract['contract_id']}", headers=owner.headers
-                )
-                assert refreshed.json()["endpoint"].startswith("http://127.0.0.1:")  # as the provider says
-                answer = await client.post(
-                    "/api/v1/gpu/proxy",
-                    json={"method": "GET", "path": "/", "target": contract["contract_id"]},
-                    headers=owner.headers,
-                )
-                assert answer.status_code == 403 and "private" in answer.json()["error"]
+        async with app_client(configured) as (_, client):
+            owner = await funded(client)
+            offer_id = vast.offers[0]["id"]
+            rented = await client.post(
+                f"/api/v1/gpu/instances/vastai/{offer_id}", json={}, headers=owner.headers
+            )
+            contract = rented.json()
+            refreshed = await client.get(
+                f"/api/v1/gpu/contracts/{contract['contract_id']}", headers=owner.headers
+            )
+            assert refreshed.json()["endpoint"].startswith("http://127.0.0.1:")  # as the provider says
+            answer = await client.post(
+                "/api/v1/gpu/proxy",
+                json={"method": "GET", "path": "/", "target": contract["contract_id"]},
+                headers=owner.headers,
+            )
+            assert answer.status_code == 403 and "private" in answer.json()["error"]

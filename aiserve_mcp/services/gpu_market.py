@@ -7,7 +7,6 @@ provider is called, so that nothing rented is ever untracked.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,17 +150,23 @@ class GpuMarket:
         offers.sort(key=lambda o: (o.price_per_hour, o.provider, o.offer_id))
         return MarketSearch(offers, [reports[p.name] for p in chosen])
 
-    def ranked(self, offers: list[Offer], criteria: Criteria) -> list[Offer]:
-        """Available offers, best first: catalog-matched GPUs by the preference score, then the rest
-        (GPUs the catalog does not know, CPU slots) by price."""
-        by_key = {(o.provider, o.offer_id): o for o in offers if o.available}
+    def candidates(self, offers: list[Offer]) -> tuple[list[Candidate], list[Offer]]:
+        """The available offers as scoring candidates (matched to the catalog, priced per GPU-hour), and
+        the available offers the catalog does not know (unlisted GPUs, CPU slots)."""
         candidates, unknown = [], []
-        for offer in by_key.values():
+        for offer in {(o.provider, o.offer_id): o for o in offers if o.available}.values():
             spec = self._catalog.match(offer.gpu_model, offer.vram_gb) if offer.num_gpus else None
             if spec is None:
                 unknown.append(offer)
             else:
                 candidates.append(Candidate(spec, offer.price_per_gpu_hour, offer.offer_id, offer.provider))
+        return candidates, unknown
+
+    def ranked(self, offers: list[Offer], criteria: Criteria) -> list[Offer]:
+        """Available offers, best first: catalog-matched GPUs by the preference score, then the rest
+        (GPUs the catalog does not know, CPU slots) by price."""
+        by_key = {(o.provider, o.offer_id): o for o in offers}
+        candidates, unknown = self.candidates(offers)
         scored = rank(candidates, criteria)
         best = [by_key[(str(s.candidate.provider), str(s.candidate.offer_id))] for s in scored]
         if not criteria.preferred_vendors and not criteria.preferred_tiers:
@@ -361,16 +366,28 @@ class GpuMarket:
     async def contract(self, user_id: str, contract_id: str) -> GpuContract:
         return await self.refresh(await self.contracts.owned(user_id, contract_id))
 
-    async def list_contracts(self, user_id: str, active_only: bool) -> list[GpuContract]:
-        rows = list(await self.contracts.list_for(user_id, active_only))
+    async def _refreshed(self, rows: list[GpuContract], statuses: tuple[str, ...]) -> list[GpuContract]:
+        """``rows``, those whose status is in ``statuses`` refreshed from their providers concurrently."""
         async with anyio.create_task_group() as group:
             for index, row in enumerate(rows):
+                if row.status in statuses:
 
-                async def refresh(i: int = index, r: GpuContract = row) -> None:
-                    rows[i] = await self.refresh(r)
+                    async def refresh(i: int = index, r: GpuContract = row) -> None:
+                        rows[i] = await self.refresh(r)
 
-                group.start_soon(refresh)
+                    group.start_soon(refresh)
+        return rows
+
+    async def list_contracts(self, user_id: str, active_only: bool) -> list[GpuContract]:
+        rows = await self._refreshed(list(await self.contracts.list_for(user_id, active_only)), ACTIVE)
         return [r for r in rows if r.status in ACTIVE] if active_only else rows
+
+    async def serving(self, user_id: str) -> list[GpuContract]:
+        """The caller's running contracts with an endpoint, oldest first. Only contracts still
+        provisioning are asked about, so that sending traffic costs no status call per instance (running
+        ones are refreshed by listings and ended by expiry)."""
+        rows = await self._refreshed(list(await self.contracts.list_for(user_id, True)), ("provisioning",))
+        return [c for c in reversed(rows) if c.status == "running" and c.endpoint]
 
     async def expire_due(self) -> int:
         """End contracts whose rented time is over: metered auto-renewing ones are extended by their
@@ -394,8 +411,13 @@ class GpuMarket:
             contract.price_per_hour * contract.duration_hours,
             f"{contract.gpu_model}: period ended",
         )
-        payer = Principal(contract.user_id, "", False, "api_key" if contract.api_key_id else "jwt")
-        payer = dataclasses.replace(payer, api_key_id=contract.api_key_id)
+        payer = Principal(
+            contract.user_id,
+            "",
+            False,
+            "api_key" if contract.api_key_id else "jwt",
+            api_key_id=contract.api_key_id,
+        )
         try:
             await self._costs.authorize(
                 payer,

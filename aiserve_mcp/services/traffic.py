@@ -94,12 +94,7 @@ class Traffic:
 
     async def running(self, user_id: str, pool: str | None = None) -> list[GpuContract]:
         """The caller's running instances with an endpoint (in ``pool`` when given), oldest first."""
-        rows = await self._market.list_contracts(user_id, active_only=True)
-        return [
-            c
-            for c in reversed(rows)
-            if c.status == "running" and c.endpoint and (pool is None or c.pool == pool)
-        ]
+        return [c for c in await self._market.serving(user_id) if pool is None or c.pool == pool]
 
     async def loads(self, user_id: str, pool: str) -> list[InstanceLoad]:
         contracts = await self.running(user_id, pool)

@@ -129,12 +129,7 @@ async def _candidates(ctx: ToolContext) -> tuple[list[Candidate], str]:
     market = ctx.services.market
     if not market.marketplaces_configured:
         return [Candidate(spec) for spec in default_catalog().specs], "catalog"
-    catalog = default_catalog()
-    candidates = []
-    for offer in (await market.search(OfferQuery())).offers:
-        spec = catalog.match(offer.gpu_model, offer.vram_gb) if offer.available and offer.num_gpus else None
-        if spec is not None:
-            candidates.append(Candidate(spec, offer.price_per_gpu_hour, offer.offer_id, offer.provider))
+    candidates, _ = market.candidates((await market.search(OfferQuery())).offers)
     return candidates, "offers"
 
 
