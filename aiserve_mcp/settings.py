@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     model_uploads_per_day: int = Field(default=500, gt=0)
     model_threads: int | None = Field(default=None, gt=0)
     model_max_batch: int = Field(default=64, ge=1, le=4096)
+    model_max_replicas: int = Field(default=4, ge=1, le=64)
+    model_worker_timeout_s: float = Field(default=60.0, gt=0)
     lb_eject_after: int = Field(default=3, ge=1)
     lb_eject_for_s: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"

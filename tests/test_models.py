@@ -70,11 +70,13 @@ async def upload(
 
 
 async def until_settled(client: httpx.AsyncClient, account: Account, model_id: str) -> dict[str, object]:
-    for _ in range(200):
+    delay = 0.02
+    for _ in range(150):  # about 30 s: TorchScript replicas start a worker process each
         details = (await client.get(f"/api/v1/models/{model_id}", headers=account.headers)).json()
         if details["status"] != "loading":
             return dict(details)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
     raise AssertionError("the model never finished loading")
 
 

@@ -180,7 +180,9 @@ async def test_rent_then_status_goes_provisioning_to_running(fake: Fake) -> None
     assert fake.state.instances[contract]["label"] == "ct_abc"
     assert fake.state.offers[0]["rented"]
     payload = fake.state.create_payloads["101"]
-    assert payload["env"] == {"AISERVE_TOKEN": "t0k", "-p 8000:8000": "1"}
+    assert rental.access_token and len(rental.access_token) >= 32
+    worker_token = {"AISERVE_WORKER_TOKEN": rental.access_token}
+    assert payload["env"] == {"AISERVE_TOKEN": "t0k", "-p 8000:8000": "1", **worker_token}
     assert payload["cancel_unavail"] is True and payload["price"] is None and payload["client_id"] == "me"
     assert payload["disk"] == DISK_GB and "aiserve worker" in payload["onstart"]
 

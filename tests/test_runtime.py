@@ -20,8 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from aiserve_mcp.errors import ValidationFailed
 from aiserve_mcp.runtime.formats import FORMATS, Detection, detect, servability
-from aiserve_mcp.runtime.onnx_model import OnnxModel, TensorSpec
+from aiserve_mcp.runtime.onnx_model import OnnxModel
 from aiserve_mcp.runtime.pickle_scan import is_plain_weights, scan_pickle
+from aiserve_mcp.runtime.tensors import TensorSpec
 
 IR_VERSION = 10
 OPSET = [helper.make_opsetid("", 17)]
@@ -33,7 +34,7 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _mlp(path: Path) -> Path:
+def mlp_file(path: Path) -> Path:
     rng = np.random.default_rng(7)
     inits = [
         numpy_helper.from_array(rng.standard_normal((4, 64)).astype(np.float32), "w1"),
@@ -107,7 +108,7 @@ def _reference(path: Path, feeds: dict[str, np.ndarray]) -> list[Any]:
 
 
 def test_mlp_predictions_match_onnxruntime(tmp_path: Path) -> None:
-    path = _mlp(tmp_path / "mlp.onnx")
+    path = mlp_file(tmp_path / "mlp.onnx")
     model = OnnxModel.load(path, prefer_gpu=False, threads=1)
     assert model.inputs == (TensorSpec("x", "float32", (None, 4)),)
     assert model.outputs[0].to_json() == {"name": "y", "dtype": "float32", "shape": [None, 2]}
@@ -173,7 +174,7 @@ def test_bad_inputs_are_refused(tmp_path: Path, inputs: dict[str, Any], message:
 
 
 def test_nonfinite_allowed_on_request(tmp_path: Path) -> None:
-    model = OnnxModel.load(_mlp(tmp_path / "mlp.onnx"), prefer_gpu=False)
+    model = OnnxModel.load(mlp_file(tmp_path / "mlp.onnx"), prefer_gpu=False)
     arrays = model.prepare({"x": [1.0, float("nan"), 0.0, 2.0]}, allow_nonfinite=True)
     assert arrays["x"].shape == (1, 4) and arrays["x"].dtype == np.float32
 
@@ -209,7 +210,7 @@ def test_each_format_is_detected_from_its_bytes(tmp_path: Path) -> None:
     torch.save(layer.state_dict(), tmp_path / "w.pt")
     torch.jit.script(layer).save(str(tmp_path / "s.pt"))
     cases: dict[str, tuple[Path, str | None]] = {
-        "onnx": (_mlp(tmp_path / "m.onnx"), None),
+        "onnx": (mlp_file(tmp_path / "m.onnx"), None),
         "pytorch": (tmp_path / "w.pt", "weights"),
         "tensorflow": (
             _zip(tmp_path / "sm.zip", {"m/saved_model.pb": b"\x08\x01", "m/variables/x": b""}),
@@ -246,7 +247,7 @@ def test_each_format_is_detected_from_its_bytes(tmp_path: Path) -> None:
         found = detect(path)
         assert (found.format, found.variant) == (format_id, variant), found
     assert detect(tmp_path / "s.pt") == Detection("pytorch", "torchscript", detect(tmp_path / "s.pt").detail)
-    assert detect(_mlp(tmp_path / "m2.onnx")).detail == "ONNX model, opset 17, IR 10"
+    assert detect(mlp_file(tmp_path / "m2.onnx")).detail == "ONNX model, opset 17, IR 10"
     assert detect(_write(tmp_path / "h.h5", b"\x89HDF\r\n\x1a\n" + b"\0" * 64)).variant == "h5"
     joblib_like = _write(tmp_path / "j.joblib", zlib.compress(pickle.dumps([1, 2, 3])))
     assert detect(joblib_like) == Detection("sklearn", "joblib", "zlib-compressed pickle (joblib)")
@@ -266,7 +267,7 @@ def test_servability() -> None:
 
 
 def test_content_wins_over_the_name_and_declared_format_must_agree(tmp_path: Path) -> None:
-    renamed = _mlp(tmp_path / "x.pt")
+    renamed = mlp_file(tmp_path / "x.pt")
     assert detect(renamed, filename="x.pt").format == "onnx"
     with pytest.raises(ValidationFailed, match="declared as pytorch but its content is onnx"):
         detect(renamed, declared="pytorch")
@@ -276,7 +277,7 @@ def test_content_wins_over_the_name_and_declared_format_must_agree(tmp_path: Pat
 
 
 def test_corrupt_onnx_and_external_data_are_refused(tmp_path: Path) -> None:
-    whole = _mlp(tmp_path / "m.onnx").read_bytes()
+    whole = mlp_file(tmp_path / "m.onnx").read_bytes()
     truncated = _write(tmp_path / "t.onnx", whole[: len(whole) // 2])
     with pytest.raises(ValidationFailed, match="not a valid ONNX model"):
         detect(truncated)

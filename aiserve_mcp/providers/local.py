@@ -8,19 +8,17 @@ contract whose worker is gone reads as destroyed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import platform
-import secrets
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from decimal import Decimal
 
 import anyio
 
+from aiserve_mcp.errors import ServiceUnavailable
 from aiserve_mcp.providers.base import (
     Billing,
     InstanceState,
@@ -32,13 +30,11 @@ from aiserve_mcp.providers.base import (
     RentRequest,
 )
 from aiserve_mcp.services.gpu_catalog import normalise_name
+from aiserve_mcp.worker.launch import start_worker, stop_worker
 
 log = logging.getLogger(__name__)
 
-WORKER_START_TIMEOUT_S = 60.0
-WORKER_STOP_TIMEOUT_S = 10.0
 LOCATION = "local"
-_KEEP_ENV = ("AISERVE_LOG_LEVEL", "AISERVE_DATA_DIR")
 
 
 @dataclass(frozen=True)
@@ -162,34 +158,19 @@ class LocalProvider:
                     {"provider": self.name, "offer_id": request.offer_id},
                 )
             device = next(d for d in await self._devices() if d.offer_id == request.offer_id)
-            token = secrets.token_urlsafe(24)
-            process, endpoint = await self._start_worker(device, token, request.env)
-            instance_id = f"{device.offer_id}-{process.pid}"
-            self._workers[instance_id] = _Worker(device.offer_id, process, endpoint)
-        log.info("local worker %s listening on %s", instance_id, endpoint)
-        return Rental(instance_id, "running", self._price, endpoint=endpoint, access_token=token)
-
-    async def _start_worker(
-        self, device: Accelerator, token: str, extra_env: dict[str, str]
-    ) -> tuple[asyncio.subprocess.Process, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_") or k in _KEEP_ENV}
-        env.update(extra_env, AISERVE_WORKER_TOKEN=token, CUDA_VISIBLE_DEVICES=device.visible_devices)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "aiserve_mcp", "worker", "--host", "127.0.0.1", "--port", "0"),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
+            try:
+                started = await start_worker(visible_devices=device.visible_devices, extra_env=request.env)
+            except ServiceUnavailable as exc:
+                log.warning("local worker on %s: %s", device.offer_id, exc.message)
+                raise ProviderFailed(
+                    "the local worker did not start; see the server log", {"provider": self.name}
+                ) from None
+            instance_id = f"{device.offer_id}-{started.process.pid}"
+            self._workers[instance_id] = _Worker(device.offer_id, started.process, started.endpoint)
+        log.info("local worker %s listening on %s", instance_id, started.endpoint)
+        return Rental(
+            instance_id, "running", self._price, endpoint=started.endpoint, access_token=started.token
         )
-        assert process.stdout is not None
-        try:
-            line = await asyncio.wait_for(process.stdout.readline(), WORKER_START_TIMEOUT_S)
-            return process, str(json.loads(line)["listening"])
-        except (TimeoutError, ValueError, KeyError):
-            await self._stop(process)
-            raise ProviderFailed(
-                "the local worker did not start; see the server log", {"provider": self.name}
-            ) from None
 
     async def status(self, instance_id: str) -> InstanceState:
         worker = self._workers.get(instance_id)
@@ -203,20 +184,10 @@ class LocalProvider:
     async def destroy(self, instance_id: str) -> None:
         worker = self._workers.pop(instance_id, None)
         if worker is not None:
-            await self._stop(worker.process)
-
-    @staticmethod
-    async def _stop(process: asyncio.subprocess.Process) -> None:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), WORKER_STOP_TIMEOUT_S)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+            await stop_worker(worker.process)
 
     async def aclose(self) -> None:
         """Stop every worker this provider started."""
         workers, self._workers = list(self._workers.values()), {}
         for worker in workers:
-            await self._stop(worker.process)
+            await stop_worker(worker.process)

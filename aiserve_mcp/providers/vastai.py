@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -28,6 +29,7 @@ from aiserve_mcp.providers.base import (
 )
 from aiserve_mcp.providers.http import HttpMarketplace, send
 from aiserve_mcp.services.gpu_catalog import normalise_name
+from aiserve_mcp.worker import TOKEN_ENV
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +205,11 @@ class VastAiProvider(HttpMarketplace):
                 f"vast.ai offer {request.offer_id} is no longer available",
                 {"provider": NAME, "offer_id": request.offer_id},
             )
+        token = secrets.token_urlsafe(24)  # the worker answers only callers that present it
         payload = {
             **CREATE_DEFAULTS,
             "image": DEFAULT_IMAGE,
-            "env": {**request.env, f"-p {WORKER_PORT}:{WORKER_PORT}": "1"},
+            "env": {**request.env, f"-p {WORKER_PORT}:{WORKER_PORT}": "1", TOKEN_ENV: token},
             "disk": DISK_GB,
             "label": request.label,
             "onstart": ONSTART,
@@ -221,7 +224,10 @@ class VastAiProvider(HttpMarketplace):
         contract = body.get("new_contract")
         if response.is_success and body.get("success") is not False and contract:
             return Rental(
-                instance_id=str(contract), status="provisioning", price_per_hour=offer.price_per_hour
+                instance_id=str(contract),
+                status="provisioning",
+                price_per_hour=offer.price_per_hour,
+                access_token=token,
             )
         if contract:
             await self._discard(str(contract))

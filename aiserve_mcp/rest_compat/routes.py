@@ -101,6 +101,7 @@ ROUTES: list[RestRoute] = [
     RestRoute("GET", "/api/v1/models/formats", "list_model_formats"),
     RestRoute("GET", "/api/v1/models/{model_id}", "get_model"),
     RestRoute("DELETE", "/api/v1/models/{model_id}", "delete_model"),
+    RestRoute("PATCH", "/api/v1/models/{model_id}", "configure_model"),
     RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict"),
     RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics"),
     RestRoute("GET", "/api/v1/quota", "get_quota"),

@@ -106,6 +106,14 @@ class Services:
             loads, eject_after=settings.lb_eject_after, eject_for_s=settings.lb_eject_for_s, clock=time.time
         )
         model_store = ModelStore(db, settings)
+        traffic = Traffic(
+            market,
+            PoolStore(db),
+            balancer,
+            proxy_client,
+            timeout_s=settings.proxy_timeout_s,
+            allow_private=settings.proxy_allow_private,
+        )
         return cls(
             settings=settings,
             db=db,
@@ -115,17 +123,18 @@ class Services:
             redis=redis,
             gpu_preferences=GpuPreferenceStore(db),
             market=market,
-            traffic=Traffic(
-                market,
-                PoolStore(db),
-                balancer,
-                proxy_client,
-                timeout_s=settings.proxy_timeout_s,
-                allow_private=settings.proxy_allow_private,
-            ),
+            traffic=traffic,
             costs=costs,
             model_store=model_store,
-            model_host=ModelHost(model_store, telemetry, settings.model_threads, settings.model_max_batch),
+            model_host=ModelHost(
+                model_store,
+                telemetry,
+                traffic,
+                proxy_client,
+                threads=settings.model_threads,
+                max_batch=settings.model_max_batch,
+                worker_timeout_s=settings.model_worker_timeout_s,
+            ),
             payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,

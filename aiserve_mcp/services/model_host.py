@@ -1,52 +1,57 @@
-"""Loading models and answering predictions, with measured latencies.
+"""Deploying models and answering predictions, with measured latencies.
 
-Models whose inputs all have a free first dimension are served through a greedy batcher
-(``services/batching.py``): concurrent predictions are coalesced into one run and split back exactly.
+Where a model runs:
 
-Only formats that are data, not programs, run in this process: ONNX today (its graph is interpreted by
-onnxruntime; files with external data are refused at upload). A model is loaded in the background after
-its upload, and lazily by any other server process that receives a prediction for it.
+- ONNX runs in this process (its graph is data interpreted by onnxruntime; files with external data are
+  refused at upload), in ``replicas`` sessions.
+- TorchScript is a program, so it never runs here: each replica is a separate ``aiserve worker`` process
+  (``worker/launch.py``) started with a scrubbed environment, which receives the file over loopback HTTP.
+- A ``gpu_required`` model that this host cannot put on a GPU runs on the owner's running GPU instances
+  (aiserve workers they rented), one chosen per request by the load balancer; with none, predictions
+  answer 503 saying so.
+
+Requests to local replicas go through a :class:`Dispatcher`, which coalesces concurrent requests into
+batches when the model's batch dimension is free. A model is deployed in the background after its upload,
+and lazily by any other server process that receives a prediction for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
+import numpy as np
 
-from aiserve_mcp.errors import Conflict, ServiceUnavailable
+from aiserve_mcp.errors import Conflict, NotFound, ServiceUnavailable
 from aiserve_mcp.runtime.formats import Servability, servability
-from aiserve_mcp.runtime.onnx_model import OnnxModel, to_python
-from aiserve_mcp.services.batching import GreedyBatcher
+from aiserve_mcp.runtime.onnx_model import OnnxModel
+from aiserve_mcp.runtime.tensors import TensorSpec, prepare, to_python
+from aiserve_mcp.services.batching import Arrays, Dispatcher, Replica
 from aiserve_mcp.services.model_store import ModelStore
 from aiserve_mcp.services.telemetry import Telemetry
+from aiserve_mcp.services.traffic import Traffic
+from aiserve_mcp.services.worker_client import WorkerClient
 from aiserve_mcp.storage.model_tables import ServedModel
+from aiserve_mcp.worker.launch import WorkerProcess, start_worker, stop_worker
 
 log = logging.getLogger(__name__)
 LATENCY_WINDOW = 10_000
-
-
-IN_PROCESS_RUNTIMES = frozenset({"onnxruntime"})
+INLINE_BELOW_S = 0.0002  # runs this short go inline on the event loop: a thread hop would cost more
+WORKER_RUNTIMES = frozenset({"torch"})  # runtimes that execute code from the file: isolated workers only
 
 
 def servable_here(format_id: str, variant: str | None) -> Servability:
-    """Whether this server can answer predictions for the format: its runtime is installed and it runs
-    in this process (programs such as TorchScript need an isolated worker, not started here yet)."""
-    found = servability(format_id, variant)
-    if found.servable and found.runtime not in IN_PROCESS_RUNTIMES:
-        return Servability(
-            False,
-            None,
-            f"{found.runtime} models run only in an isolated worker process, which this server does not "
-            "start yet; export the model to ONNX to serve it here",
-        )
-    return found
+    """Whether this server can answer predictions for the format (its runtime is installed)."""
+    return servability(format_id, variant)
 
 
 @dataclass(frozen=True)
@@ -88,26 +93,150 @@ class ModelMetrics:
 @dataclass(frozen=True)
 class Prediction:
     outputs: dict[str, list[Any]]
+    dtypes: dict[str, str]  # numpy dtype name of each output ("object" for non-tensor outputs)
     latency_ms: float
     used_gpu: bool
     runtime: str
 
 
+class OnnxReplica:
+    """An onnxruntime session in this process. Runs shorter than ``INLINE_BELOW_S`` (typical, measured)
+    execute on the event loop; longer ones in a thread so the loop keeps serving."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.model = model
+        self._typical_s = math.inf
+
+    async def run(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
+        started = time.perf_counter()
+        if self._typical_s < INLINE_BELOW_S:
+            outputs = self.model.run(arrays)
+        else:
+            outputs = await anyio.to_thread.run_sync(self.model.run, arrays)
+        elapsed = time.perf_counter() - started
+        self._typical_s = elapsed if math.isinf(self._typical_s) else 0.9 * self._typical_s + 0.1 * elapsed
+        return outputs, self.model.used_gpu
+
+    async def aclose(self) -> None:
+        return None
+
+
+class WorkerReplica:
+    """A model loaded in an isolated worker process that this server started and owns."""
+
+    def __init__(self, client: WorkerClient, key: str, worker: WorkerProcess) -> None:
+        self._client = client
+        self._key = key
+        self._worker = worker
+
+    async def run(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
+        return await self._client.infer(self._key, arrays)
+
+    async def aclose(self) -> None:
+        await stop_worker(self._worker.process)
+
+
+@dataclass
+class Deployment:
+    """A model ready to answer: its signature, its runtime and how a prepared request is run."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    runtime: str
+    run: Callable[[Arrays], Awaitable[tuple[dict[str, Any], bool]]]
+    aclose: Callable[[], Awaitable[None]]
+    on_rented_gpus: bool = False
+    settings: tuple[object, ...] = ()  # the model's serving settings it was deployed with
+
+
+def _settings_of(model: ServedModel) -> tuple[object, ...]:
+    return (model.sha256, model.replicas, model.max_batch_size, model.max_queue_delay_ms, model.gpu_required)
+
+
+def _model_key(model: ServedModel) -> str:
+    """The name a worker knows the model by: its id and content hash, so a changed file is a new key."""
+    return f"{model.id}-{model.sha256[:16]}"
+
+
+def _worker_format(model: ServedModel) -> str:
+    return "torchscript" if model.format == "pytorch" else model.format
+
+
+class RentedGpus:
+    """Runs a model on the owner's running GPU instances: one is picked per request by the load balancer,
+    the model file is sent to it on first use, and a worker that forgot the model gets it again."""
+
+    def __init__(
+        self, model: ServedModel, path: Path, traffic: Traffic, http: httpx.AsyncClient, timeout_s: float
+    ):
+        self._user_id = model.user_id
+        self._key = _model_key(model)
+        self._format = _worker_format(model)
+        self._path = path
+        self._traffic = traffic
+        self._http = http
+        self._timeout_s = timeout_s
+        self._loaded: set[str] = set()  # contract ids whose worker holds the model
+
+    async def run(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
+        async with self._traffic.instance(
+            self._user_id,
+            lambda contract: contract.num_gpus > 0,
+            "this model requires a GPU: this server has none it can use, and you have no running GPU "
+            "instance to run it on; rent one (rent_gpu) and predict again",
+        ) as (contract, endpoint, outcome):
+            client = WorkerClient(self._http, endpoint, contract.access_token, self._timeout_s)
+            try:
+                if contract.id not in self._loaded:
+                    await self._ensure_loaded(client)
+                    self._loaded.add(contract.id)
+                try:
+                    return await client.infer(self._key, arrays)
+                except NotFound:  # the worker restarted and lost the model
+                    self._loaded.discard(contract.id)
+                    await self._ensure_loaded(client)
+                    self._loaded.add(contract.id)
+                    return await client.infer(self._key, arrays)
+            except ServiceUnavailable:
+                outcome.fail()
+                raise
+
+    async def _ensure_loaded(self, client: WorkerClient) -> None:
+        info = await client.describe(self._key)
+        if info is None or not info.used_gpu:
+            info = await client.load(self._key, self._path, self._format, require_gpu=True)
+
+    async def aclose(self) -> None:
+        return None
+
+
 class ModelHost:
-    def __init__(self, store: ModelStore, telemetry: Telemetry, threads: int | None, max_batch: int) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        telemetry: Telemetry,
+        traffic: Traffic,
+        http: httpx.AsyncClient,
+        *,
+        threads: int | None,
+        max_batch: int,
+        worker_timeout_s: float,
+    ) -> None:
         self._store = store
-        self._max_batch = max_batch
-        self._batchers: dict[str, GreedyBatcher] = {}
         self._telemetry = telemetry
+        self._traffic = traffic
+        self._http = http
         self._threads = threads
-        self._loaded: dict[str, OnnxModel] = {}
+        self._max_batch = max_batch
+        self._worker_timeout_s = worker_timeout_s
+        self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._metrics: dict[str, ModelMetrics] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def loaded(self) -> int:
-        return len(self._loaded)
+        return len(self._deployments)
 
     def start_loading(self, model: ServedModel) -> None:
         task = asyncio.get_running_loop().create_task(self._load_in_background(model))
@@ -116,55 +245,105 @@ class ModelHost:
 
     async def _load_in_background(self, model: ServedModel) -> None:
         try:
-            runner = await self._load(model)
+            deployment = await self._deployment(model)
         except Exception as exc:
             reason = str(exc)[:480] or type(exc).__name__
             log.info("model %s failed to load: %s", model.id, reason)
             await self._store.update(model.id, status="failed", status_reason=f"cannot be loaded: {reason}")
             return
         signature = {
-            "inputs": [t.to_json() for t in runner.inputs],
-            "outputs": [t.to_json() for t in runner.outputs],
+            "inputs": [t.to_json() for t in deployment.inputs],
+            "outputs": [t.to_json() for t in deployment.outputs],
         }
-        await self._store.update(model.id, status="ready", status_reason=None, signature=signature)
+        note = (
+            "requires a GPU and this server has none it can use: predictions run on your running GPU "
+            "instances"
+            if deployment.on_rented_gpus
+            else None
+        )
+        await self._store.update(model.id, status="ready", status_reason=note, signature=signature)
 
-    async def _load(self, model: ServedModel) -> OnnxModel:
+    async def _deployment(self, model: ServedModel) -> Deployment:
         lock = self._locks.setdefault(model.id, asyncio.Lock())
         async with lock:
-            runner = self._loaded.get(model.id)
-            if runner is None:
-                path: Path = self._store.path_of(model)
-                runner = await anyio.to_thread.run_sync(
-                    lambda: OnnxModel.load(path, prefer_gpu=True, threads=self._threads)
-                )
-                self._loaded[model.id] = runner
-            return runner
+            deployment = self._deployments.get(model.id)
+            if deployment is not None and deployment.settings != _settings_of(model):
+                del self._deployments[model.id]  # changed by configure_model, maybe in another process
+                await deployment.aclose()
+                deployment = None
+            if deployment is None:
+                deployment = await self._deploy(model)
+                deployment.settings = _settings_of(model)
+                self._deployments[model.id] = deployment
+            return deployment
 
-    async def predict(self, model: ServedModel, inputs: dict[str, Any]) -> Prediction:
-        """Run ``model`` on ``inputs`` (validated against its signature); 409 when it cannot serve."""
+    async def _deploy(self, model: ServedModel) -> Deployment:
+        serving = servable_here(model.format, model.variant)
+        if not serving.servable:
+            raise Conflict(serving.reason)
+        path = self._store.path_of(model)
+        if serving.runtime in WORKER_RUNTIMES:
+            return await self._deploy_on_workers(model, path, serving.runtime)
+        return await self._deploy_in_process(model, path)
+
+    def _dispatcher(self, model: ServedModel, replicas: list[Replica], batchable: bool) -> Dispatcher:
+        return Dispatcher(
+            replicas,
+            batchable=batchable,
+            max_batch=model.max_batch_size or self._max_batch,
+            max_delay_s=model.max_queue_delay_ms / 1000,
+            on_run=self._telemetry.model_batch_size.labels(model.id).observe,
+        )
+
+    def _rented(
+        self, model: ServedModel, path: Path, inputs: tuple[TensorSpec, ...], runtime: str
+    ) -> Deployment:
+        route = RentedGpus(model, path, self._traffic, self._http, self._worker_timeout_s)
+        return Deployment(inputs, (), runtime, route.run, route.aclose, on_rented_gpus=True)
+
+    async def _deploy_in_process(self, model: ServedModel, path: Path) -> Deployment:
+        def load() -> OnnxModel:
+            return OnnxModel.load(path, prefer_gpu=True, threads=self._threads)
+
+        first = await anyio.to_thread.run_sync(load)
+        if model.gpu_required and not first.used_gpu:
+            return self._rented(model, path, first.inputs, first.runtime)
+        sessions = [first] + [await anyio.to_thread.run_sync(load) for _ in range(model.replicas - 1)]
+        dispatcher = self._dispatcher(model, [OnnxReplica(s) for s in sessions], first.batchable)
+        return Deployment(first.inputs, first.outputs, first.runtime, dispatcher.submit, dispatcher.aclose)
+
+    async def _deploy_on_workers(self, model: ServedModel, path: Path, runtime: str) -> Deployment:
+        key, replicas = _model_key(model), list[Replica]()
+        batchable = False
+        try:
+            for _ in range(model.replicas):
+                worker = await start_worker(visible_devices=None, timeout_s=self._worker_timeout_s)
+                client = WorkerClient(self._http, worker.endpoint, worker.token, self._worker_timeout_s)
+                replica = WorkerReplica(client, key, worker)
+                replicas.append(replica)
+                info = await client.load(key, path, _worker_format(model), require_gpu=False)
+                if model.gpu_required and not info.used_gpu:
+                    await _close_all(replicas)
+                    return self._rented(model, path, info.inputs, info.runtime)
+                inputs, outputs, batchable = info.inputs, info.outputs, info.batchable
+        except BaseException:
+            await _close_all(replicas)
+            raise
+        dispatcher = self._dispatcher(model, replicas, batchable)
+        return Deployment(inputs, outputs, runtime, dispatcher.submit, dispatcher.aclose)
+
+    async def predict(self, model: ServedModel, inputs: Mapping[str, Any]) -> Prediction:
+        """Run ``model`` on ``inputs`` (validated against its signature); 409 when it cannot serve, 503 while
+        it loads or when it needs a GPU that neither this host nor a rented instance provides."""
         if model.status == "loading":
             raise ServiceUnavailable("the model is still loading; try again in a moment")
         if model.status != "ready":
             raise Conflict(f"the model is {model.status}: {model.status_reason or 'it cannot serve'}")
-        serving = servable_here(model.format, model.variant)
-        if not serving.servable:
-            raise Conflict(serving.reason)
-        runner = await self._load(model)
-        if model.gpu_required and not runner.used_gpu:
-            raise ServiceUnavailable("this model requires a GPU and this server has none it can use")
+        deployment = await self._deployment(model)
         metrics = self._metrics.setdefault(model.id, ModelMetrics())
         started = time.perf_counter()
         try:
-            arrays = runner.prepare(inputs)
-            if runner.batchable:
-                batcher = self._batchers.get(model.id)
-                if batcher is None:
-                    sizes = self._telemetry.model_batch_size.labels(model.id)
-                    batcher = GreedyBatcher(runner.run, self._max_batch, sizes.observe)
-                    self._batchers[model.id] = batcher
-                raw = await batcher.submit(arrays)
-            else:
-                raw = await anyio.to_thread.run_sync(runner.run, arrays)
+            raw, used_gpu = await deployment.run(prepare(deployment.inputs, inputs))
             outputs = {name: to_python(value) for name, value in raw.items()}
         except Exception:
             metrics.record((time.perf_counter() - started) * 1000, ok=False)
@@ -172,16 +351,22 @@ class ModelHost:
         latency_ms = (time.perf_counter() - started) * 1000
         metrics.record(latency_ms, ok=True)
         self._telemetry.model_latency.labels(model.id).observe(latency_ms / 1000)
-        return Prediction(outputs, round(latency_ms, 3), runner.used_gpu, runner.runtime)
+        dtypes = {
+            name: np.asarray(value).dtype.name if isinstance(value, np.ndarray) else "object"
+            for name, value in raw.items()
+        }
+        return Prediction(outputs, dtypes, round(latency_ms, 3), used_gpu, deployment.runtime)
 
     def metrics(self, model_id: str) -> LatencySummary:
         return self._metrics.get(model_id, ModelMetrics()).summary()
 
-    def forget(self, model_id: str) -> None:
-        self._loaded.pop(model_id, None)
-        self._batchers.pop(model_id, None)
+    async def forget(self, model_id: str) -> None:
+        """Stop serving ``model_id`` here (its replicas and workers are closed); metrics are dropped."""
+        deployment = self._deployments.pop(model_id, None)
         self._metrics.pop(model_id, None)
         self._locks.pop(model_id, None)
+        if deployment is not None:
+            await deployment.aclose()
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -189,3 +374,12 @@ class ModelHost:
         for task in list(self._tasks):
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(task, return_exceptions=True)
+        for model_id in list(self._deployments):
+            with anyio.CancelScope(shield=True):
+                await self.forget(model_id)
+
+
+async def _close_all(replicas: list[Replica]) -> None:
+    with anyio.CancelScope(shield=True):
+        for replica in replicas:
+            await replica.aclose()

@@ -9,16 +9,16 @@ methods are retried, on another instance, after a connection failure or a 502/50
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from aiserve_mcp.errors import NotFound, UpstreamFailed, UpstreamTimeout, ValidationFailed
-from aiserve_mcp.services.balancer import Backend, BackendLoad, Balancer, Strategy
-from aiserve_mcp.services.egress import vet_endpoint
+from aiserve_mcp.errors import NotFound, ServiceUnavailable, UpstreamFailed, UpstreamTimeout, ValidationFailed
+from aiserve_mcp.services.balancer import Backend, BackendLoad, Balancer, Outcome, Strategy
+from aiserve_mcp.services.egress import Upstream, vet_endpoint
 from aiserve_mcp.services.gpu_catalog import default_catalog
 from aiserve_mcp.services.gpu_market import GpuMarket
 from aiserve_mcp.services.lb_pools import PoolStore
@@ -159,11 +159,33 @@ class Traffic:
                     await response.aclose()
                 return
 
-    async def _request(self, contract: GpuContract, call: ProxyCall) -> httpx.Request:
+    @asynccontextmanager
+    async def instance(
+        self, user_id: str, eligible: Callable[[GpuContract], bool], none_running: str
+    ) -> AsyncIterator[tuple[GpuContract, str, Outcome]]:
+        """One of the caller's running instances that ``eligible`` accepts, picked by the default pool's
+        strategy and tracked while the block runs: yields the contract, its vetted base URL and the outcome
+        to mark a failure on. ``ServiceUnavailable(none_running)`` when no instance qualifies."""
+        contracts = [c for c in await self.running(user_id) if eligible(c)]
+        if not contracts:
+            raise ServiceUnavailable(none_running)
+        by_id = {c.id: c for c in contracts}
+        strategy: Strategy = await self.pools.strategy(user_id, "default")  # type: ignore[assignment]
+        key = _key(user_id, "default")
+        backend = await self._balancer.pick(key, strategy, [Backend(c.id, weight_of(c)) for c in contracts])
+        contract = by_id[backend.id]
+        upstream = await self._vet(contract)
+        async with self._balancer.track(key, backend.id) as outcome:
+            yield contract, str(upstream.base_url), outcome
+
+    async def _vet(self, contract: GpuContract) -> Upstream:
         assert contract.endpoint is not None
-        upstream = await vet_endpoint(
+        return await vet_endpoint(
             contract.endpoint, loopback_only=contract.provider == "local", allow_private=self._allow_private
         )
+
+    async def _request(self, contract: GpuContract, call: ProxyCall) -> httpx.Request:
+        upstream = await self._vet(contract)
         headers = {k: v for k, v in (call.headers or {}).items() if k.lower() not in NOT_FORWARDED}
         headers["Host"] = upstream.host_header
         headers["Accept-Encoding"] = "identity"  # relayed byte for byte; MCP callers get it decoded as is

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aiserve_mcp.storage.models import Base, UtcDateTime, new_id, utcnow
@@ -32,6 +32,8 @@ class ServedModel(Base):
     gpu_required: Mapped[bool] = mapped_column(Boolean, default=False)
     gpu_type: Mapped[str | None] = mapped_column(String(64))
     replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_batch_size: Mapped[int | None] = mapped_column(Integer)  # None: the server's AISERVE_MODEL_MAX_BATCH
+    max_queue_delay_ms: Mapped[float] = mapped_column(Float, default=0.0)  # 0: greedy, never waits
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)

@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.runtime.tensors import ANY_DTYPE
 from aiserve_mcp.tools.common import Input, NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
@@ -75,7 +76,7 @@ def _tensors(specs: list[dict[str, Any]]) -> list[TensorMeta]:
         TensorMeta(
             name=s["name"],
             datatype=DTYPE_TO_V2.get(s["dtype"], s["dtype"].upper()),
-            shape=[-1 if d is None else d for d in s["shape"]],
+            shape=[-1] if s["shape"] is None else [-1 if d is None else d for d in s["shape"]],
         )
         for s in specs
     ]
@@ -160,12 +161,11 @@ async def v2_infer(ctx: ToolContext, args: InferInput) -> InferOutput:
     expected = {s["name"]: s["dtype"] for s in (row.signature or {}).get("inputs", [])}
     for tensor in args.inputs:
         wanted = expected.get(tensor.name)
-        if wanted is not None and DATATYPES.get(tensor.datatype) != wanted:
+        if wanted not in (None, ANY_DTYPE) and DATATYPES.get(tensor.datatype) != wanted:
             raise ValidationFailed(
                 f"input '{tensor.name}' is {DTYPE_TO_V2.get(wanted, wanted)}, not {tensor.datatype}"
             )
     result = await ctx.services.model_host.predict(row, {t.name: _reshape(t) for t in args.inputs})
-    dtypes = {s["name"]: s["dtype"] for s in (row.signature or {}).get("outputs", [])}
     wanted_outputs = {o.name for o in args.outputs} if args.outputs else set(result.outputs)
     outputs = []
     for name, value in result.outputs.items():
@@ -174,7 +174,7 @@ async def v2_infer(ctx: ToolContext, args: InferInput) -> InferOutput:
             outputs.append(
                 OutputTensor(
                     name=name,
-                    datatype=DTYPE_TO_V2.get(dtypes.get(name, ""), "BYTES"),
+                    datatype=DTYPE_TO_V2.get(result.dtypes[name], "BYTES"),
                     shape=list(array.shape),
                     data=array.reshape(-1).tolist(),
                 )

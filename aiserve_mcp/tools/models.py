@@ -9,12 +9,24 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.errors import Conflict, ValidationFailed
 from aiserve_mcp.runtime.formats import FORMATS, detect
 from aiserve_mcp.services.model_host import servable_here
 from aiserve_mcp.storage.model_tables import ServedModel
 from aiserve_mcp.tools.common import Input, NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+
+REPLICAS_DOC = "Copies of the model serving requests in parallel (at most AISERVE_MODEL_MAX_REPLICAS)."
+BATCH_DOC = "Most rows one batched run carries (default AISERVE_MODEL_MAX_BATCH); 1 turns batching off."
+DELAY_DOC = "How long an idle replica may wait for a batch to fill, in ms; 0 (default) never waits."
+
+
+def _check_replicas(ctx: ToolContext, replicas: int | None) -> None:
+    ceiling = ctx.services.settings.model_max_replicas
+    if replicas is not None and replicas > ceiling:
+        raise ValidationFailed(
+            f"replicas must be at most {ceiling} on this server (AISERVE_MODEL_MAX_REPLICAS)"
+        )
 
 
 class UploadFields(Input):
@@ -24,6 +36,9 @@ class UploadFields(Input):
     version: str = Field(default="1.0.0", min_length=1, max_length=64)
     gpu_required: bool = False
     gpu_type: str | None = Field(default=None, max_length=64)
+    replicas: int = Field(default=1, ge=1, description=REPLICAS_DOC)
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096, description=BATCH_DOC)
+    max_queue_delay_ms: float = Field(default=0.0, ge=0, le=1000, description=DELAY_DOC)
 
 
 class UploadOutput(BaseModel):
@@ -46,6 +61,7 @@ async def upload_model(
 ) -> UploadOutput:
     """Store an uploaded model file under the caller's quota and start loading it."""
     caller = ctx.caller()
+    _check_replicas(ctx, fields.replicas)
     store = ctx.services.model_store
     quota = await store.admit(caller.user_id)
     received = await store.receive(caller.user_id, chunks, quota.limit_bytes - quota.used_bytes)
@@ -72,7 +88,9 @@ async def upload_model(
         filename=_safe_name(filename),
         gpu_required=fields.gpu_required,
         gpu_type=fields.gpu_type,
-        replicas=1,
+        replicas=fields.replicas,
+        max_batch_size=fields.max_batch_size,
+        max_queue_delay_ms=fields.max_queue_delay_ms,
     )
     await store.add(model, received)
     if serving.servable:
@@ -129,6 +147,8 @@ class ModelDetails(BaseModel):
     status: str
     status_reason: str | None = Field(description="Why it is failed or not servable, and what would fix it.")
     replicas: int
+    max_batch_size: int | None = Field(description="null: the server's default (AISERVE_MODEL_MAX_BATCH).")
+    max_queue_delay_ms: float
     total_requests: int
     average_latency: float | None
     error_rate: float
@@ -158,6 +178,8 @@ async def get_model(ctx: ToolContext, args: ModelRef) -> ModelDetails:
         status=row.status,
         status_reason=row.status_reason,
         replicas=row.replicas,
+        max_batch_size=row.max_batch_size,
+        max_queue_delay_ms=row.max_queue_delay_ms,
         total_requests=measured.total_requests,
         average_latency=measured.average_ms,
         error_rate=measured.error_rate,
@@ -178,9 +200,39 @@ class Message(BaseModel):
 async def delete_model(ctx: ToolContext, args: ModelRef) -> Message:
     """Delete one of your models: its file is removed and its storage returns to your quota."""
     row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
-    ctx.services.model_host.forget(row.id)
+    await ctx.services.model_host.forget(row.id)
     await ctx.services.model_store.delete(row)
     return Message(message="Model deleted successfully")
+
+
+class ServingSettings(ModelRef):
+    replicas: int | None = Field(default=None, ge=1, description=REPLICAS_DOC)
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096, description=BATCH_DOC)
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=1000, description=DELAY_DOC)
+    gpu_required: bool | None = Field(
+        default=None, description="Run only on a GPU: this host's, or your rented GPU instances'."
+    )
+
+
+@tool(
+    scope="models:write", annotations=Annotations("Configure model serving", read_only=False, idempotent=True)
+)
+async def configure_model(ctx: ToolContext, args: ServingSettings) -> ModelDetails:
+    """Change how one of your models is served: replicas, batching (max_batch_size, max_queue_delay_ms) or
+    gpu_required. Fields left out keep their value. The model is redeployed in the background: its status is
+    'loading' until the new replicas answer, then 'ready' (or 'failed' with the reason)."""
+    row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
+    _check_replicas(ctx, args.replicas)
+    changes = args.model_dump(exclude={"model_id"}, exclude_none=True)
+    if row.status == "loading":
+        raise Conflict("the model is still loading; change its serving settings once it is ready or failed")
+    if row.status in ("ready", "failed") and changes:
+        await ctx.services.model_host.forget(row.id)
+        row = await ctx.services.model_store.update(row.id, status="loading", status_reason=None, **changes)
+        ctx.services.model_host.start_loading(row)
+    elif changes:
+        row = await ctx.services.model_store.update(row.id, **changes)
+    return await get_model(ctx, ModelRef(model_id=row.id))
 
 
 class PredictInput(ModelRef):
