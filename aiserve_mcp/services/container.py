@@ -21,6 +21,7 @@ from aiserve_mcp.providers.local import LocalProvider
 from aiserve_mcp.providers.vastai import VastAiProvider
 from aiserve_mcp.services.accounts import AccountService
 from aiserve_mcp.services.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
+from aiserve_mcp.services.events import EventBus, MemoryEventBus, RedisEventBus
 from aiserve_mcp.services.gpu_catalog import default_catalog
 from aiserve_mcp.services.gpu_contracts import ContractStore
 from aiserve_mcp.services.gpu_market import GpuMarket
@@ -55,6 +56,7 @@ class Services:
     costs: CostGate
     model_store: ModelStore
     model_host: ModelHost
+    events: EventBus
     payments: PaymentGateway | None
     outbound: httpx.AsyncClient
     proxy_client: httpx.AsyncClient
@@ -135,6 +137,9 @@ class Services:
                 max_batch=settings.model_max_batch,
                 worker_timeout_s=settings.model_worker_timeout_s,
             ),
+            events=RedisEventBus(redis, settings.redis_prefix + "events")
+            if redis is not None
+            else MemoryEventBus(),
             payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,
@@ -147,6 +152,7 @@ class Services:
 
     async def close(self) -> None:
         await self.model_host.aclose()
+        await self.events.aclose()
         await self.market.aclose()
         await self.outbound.aclose()
         await self.proxy_client.aclose()

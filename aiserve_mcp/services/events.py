@@ -1,0 +1,179 @@
+"""Live events: what happened to a user's instances, spending and models, and metrics snapshots.
+
+Publishers call :meth:`EventBus.publish`; subscribers (the ``/ws`` WebSocket, MCP resource subscriptions)
+iterate a :class:`Subscription` for one user and a set of streams. Without Redis the bus is this process's
+memory; with ``AISERVE_REDIS_URL`` every event goes through one Redis pub/sub channel, so a subscriber
+connected to any server process receives events published by any other. A subscriber that falls behind
+loses its oldest events (its queue is bounded), never blocks a publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+STREAMS: Final = ("instances", "spending", "models", "metrics")
+QUEUE_SIZE: Final = 256
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event. ``user_id`` None: for every subscriber of the stream (metrics snapshots)."""
+
+    stream: str
+    type: str
+    data: dict[str, Any]
+    user_id: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        """What subscribers receive: ``{"type": "event", "stream", "event", "data", "at"}``."""
+        return {"type": "event", "stream": self.stream, "event": self.type, "data": self.data, "at": self.at}
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "stream": self.stream,
+                "type": self.type,
+                "data": self.data,
+                "user_id": self.user_id,
+                "at": self.at,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Event:
+        body = json.loads(raw)
+        return cls(
+            str(body["stream"]), str(body["type"]), dict(body["data"]), body.get("user_id"), float(body["at"])
+        )
+
+
+class Subscription:
+    """Events for one user on some streams, in the order they were published."""
+
+    def __init__(self, user_id: str, streams: frozenset[str]) -> None:
+        self.user_id = user_id
+        self.streams = streams
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
+
+    def wants(self, event: Event) -> bool:
+        return event.stream in self.streams and event.user_id in (None, self.user_id)
+
+    def offer(self, event: Event) -> None:
+        if self._queue.full():  # a slow subscriber loses its oldest event, never blocks the publisher
+            self._queue.get_nowait()
+        self._queue.put_nowait(event)
+
+    async def next(self) -> Event:
+        return await self._queue.get()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self._queue.get()
+
+
+class EventBus(Protocol):
+    async def publish(self, event: Event) -> None: ...
+
+    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription: ...
+
+    def unsubscribe(self, subscription: Subscription) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryEventBus:
+    """Delivers to the subscribers of this process."""
+
+    def __init__(self) -> None:
+        self._subscriptions: set[Subscription] = set()
+
+    def deliver(self, event: Event) -> None:
+        for subscription in list(self._subscriptions):
+            if subscription.wants(event):
+                subscription.offer(event)
+
+    async def publish(self, event: Event) -> None:
+        self.deliver(event)
+
+    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription:
+        subscription = Subscription(user_id, streams)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscriptions)
+
+    async def aclose(self) -> None:
+        self._subscriptions.clear()
+
+
+class RedisEventBus:
+    """Publishes to one Redis channel; a listener in each process delivers to that process's subscribers
+    (listening starts with the first subscriber). An event published here reaches local subscribers
+    through Redis too, exactly once."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._redis = redis
+        self._channel = channel
+        self._local = MemoryEventBus()
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def publish(self, event: Event) -> None:
+        try:
+            await self._redis.publish(self._channel, event.encode())
+        except Exception as exc:  # events are best effort: the action that caused one already happened
+            log.warning("cannot publish a %s event: %s", event.type, exc)
+
+    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription:
+        if self._listener is None or self._listener.done():
+            self._listening.clear()
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+        return self._local.subscribe(user_id, streams)
+
+    async def ready(self) -> None:
+        """Wait until this process listens on the channel (events published before are not seen)."""
+        await self._listening.wait()
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._local.unsubscribe(subscription)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._listening.set()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._local.deliver(Event.decode(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("event listener lost Redis (%s); reconnecting", exc)
+                self._listening.clear()
+                await asyncio.sleep(1)
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._local.aclose()
