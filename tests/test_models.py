@@ -289,3 +289,104 @@ async def test_open_inference_protocol_clients_work_with_an_api_key(
     assert (await client.post("/v2/models/mlp-v2/infer", json=short, headers=key.headers)).status_code == 400
     assert (await client.get("/v2/models/mlp-v2", headers=(await sign_up(client)).headers)).status_code == 404
     assert (await client.get("/v2/models/mlp-v2")).status_code == 401
+
+
+async def test_the_prediction_route_keeps_every_gateway_rule(settings: Settings) -> None:
+    tight = settings.model_copy(update={"rate_limit": 12, "max_request_body_bytes": 4096})
+    async with app_client(tight) as (app, client):
+        owner = await sign_up(client)
+        key = await api_key(client, owner, scopes=["models:read"])
+        as_key = {"X-API-Key": key}
+        content = mlp_bytes(9)
+        model_id = (await upload(client, owner, content)).json()["model_id"]
+        await until_settled(client, owner, model_id)
+        path = f"/api/v1/models/{model_id}/predict"
+
+        answer = await client.post(path, json={"inputs": {"input": [[1, 2, 3, 4]]}}, headers=as_key)
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        assert int(answer.headers["X-RateLimit-Remaining"]) < 12
+        expected = ort.InferenceSession(content).run(None, {"input": np.asarray([[1, 2, 3, 4]], np.float32)})[
+            0
+        ]
+        assert np.array_equal(np.asarray(answer.json()["outputs"]["output"], dtype=np.float32), expected)
+        # The same tool over MCP answers the same numbers.
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+        call["params"] = {
+            "name": "predict",
+            "arguments": {"model_id": model_id, "inputs": {"input": [[1, 2, 3, 4]]}},
+        }
+        mcp = await client.post("/api/v1/mcp", json=call, headers={**as_key, "Accept": "application/json"})
+        structured = mcp.json()["result"]["structuredContent"]
+        assert np.array_equal(np.asarray(structured["outputs"]["output"], dtype=np.float32), expected)
+
+        refusals = [
+            (await client.post(path, content=b"{not json", headers=as_key), 400, "not valid JSON"),
+            (await client.post(path, json=[1, 2], headers=as_key), 400, "JSON object"),
+            (await client.post(path, json={"inputs": {}}, headers=as_key), 400, "inputs"),
+            (await client.post(path, json={"inputs": {"input": [[0.0] * 2000]}}, headers=as_key), 413, ""),
+            (await client.post(path, json={"inputs": {"input": [[1, 2, 3, 4]]}}), 401, "authentication"),
+            (
+                await client.post(path, json={"inputs": {"x": 1}}, headers={"X-API-Key": "ak_live_forged"}),
+                401,
+                "",
+            ),
+        ]
+        for response, status, words in refusals:
+            assert response.status_code == status, response.text
+            assert set(response.json()) >= {"error", "code"} and words in response.json()["error"]
+        keys = (await client.get("/api/v1/auth/apikeys", headers=owner.headers)).json()["api_keys"]
+        key_id = next(k["id"] for k in keys if key.startswith(k["prefix"]))
+        assert (
+            await client.delete(f"/api/v1/auth/apikey/{key_id}", headers=owner.headers)
+        ).status_code == 200
+        revoked = await client.post(path, json={"inputs": {"input": [[1, 2, 3, 4]]}}, headers=as_key)
+        assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]  # no stale cached key
+
+        for _ in range(12):
+            last = await client.post(path, json={"inputs": {"input": [[1, 2, 3, 4]]}}, headers=owner.headers)
+        assert (
+            last.status_code == 429 and last.json()["code"] == "RATE_LIMITED" and last.headers["Retry-After"]
+        )
+        exposition = (await client.get("/metrics")).text
+        assert (
+            'aiserve_http_requests_total{method="POST",route="/api/v1/models/{model_id}/predict",status="200"}'
+            in (exposition)
+        )
+        assert (
+            app.state.services.telemetry.registry.get_sample_value(
+                "aiserve_tool_calls_total", {"tool": "predict", "surface": "rest", "outcome": "ok"}
+            )
+            == 1.0
+        )
+
+
+async def test_model_status_and_prediction_counts_are_published(
+    served: tuple[Starlette, httpx.AsyncClient],
+) -> None:
+    app, client = served
+    owner, other = await sign_up(client), await sign_up(client)
+    bus = app.state.services.events
+    mine = bus.subscribe(owner.user_id, frozenset({"models"}))
+    theirs = bus.subscribe(other.user_id, frozenset({"models"}))
+    try:
+        model_id = (await upload(client, owner, mlp_bytes(4))).json()["model_id"]
+        status = await asyncio.wait_for(mine.next(), 10)
+        assert (status.type, status.data) == (
+            "model.status",
+            {"model_id": model_id, "status": "ready", "reason": None},
+        )
+        await client.post(
+            f"/api/v1/models/{model_id}/predict",
+            json={"inputs": {"input": [[1, 2, 3, 4]]}},
+            headers=owner.headers,
+        )
+        counts = await asyncio.wait_for(mine.next(), 10)
+        assert (counts.type, counts.data) == (
+            "model.predictions",
+            {"model_id": model_id, "total": 1, "errors": 0, "pid": os.getpid()},
+        )
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(theirs.next(), 0.2)  # nobody else hears of it
+    finally:
+        bus.unsubscribe(mine)
+        bus.unsubscribe(theirs)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiserve_mcp.errors import AiserveError, AuthInvalid, RateLimited
 from aiserve_mcp.protocols.http_support import client_address, error_response, services_of
-from aiserve_mcp.services.principal import Principal
+from aiserve_mcp.services.ratelimit import Budget
 
 API_PREFIX = "/api/v1"
 GATED_PREFIXES = (API_PREFIX, "/v2")  # the REST API and the Open Inference Protocol
@@ -56,6 +57,34 @@ def bearer_credential(headers: Headers) -> str | None:
     return api_key.strip() if api_key else None
 
 
+async def admit(scope: Scope) -> Budget:
+    """Resolve the caller (bad credentials are refused; missing ones leave ``principal`` None) into the
+    scope's state, then spend one request of its budget (per user, or per address when anonymous)."""
+    services = services_of(scope)
+    settings = services.settings
+    credential = bearer_credential(Headers(scope=scope))
+    principal = None if credential is None else await services.accounts.authenticate(credential)
+    scope.setdefault("state", {})["principal"] = principal
+    key = (
+        principal.rate_limit_key if principal else f"ip:{client_address(scope, settings.trust_forwarded_for)}"
+    )
+    return await services.rate_limiter.spend(key, settings.rate_limit)
+
+
+def refusal(scope: Scope, error: AiserveError) -> Response:
+    """The error response for a refused admission, with the rate-limit headers when it is a 429."""
+    services = services_of(scope)
+    headers = {}
+    if isinstance(error, RateLimited):
+        services.telemetry.rate_limit_refusals.labels("api").inc()
+        headers = {
+            "X-RateLimit-Limit": str(services.settings.rate_limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(error.retry_after_s),
+        }
+    return error_response(error, headers)
+
+
 class ApiGatewayMiddleware:
     """On ``/api/v1`` and ``/v2``: resolve the caller (bad credentials are refused at once; missing ones
     are left to each route), then spend one request of the caller's budget (per user, or per address
@@ -68,27 +97,10 @@ class ApiGatewayMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(GATED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        services = services_of(scope)
-        settings = services.settings
         try:
-            principal = await self._authenticate(scope)
-            scope.setdefault("state", {})["principal"] = principal
-            key = (
-                principal.rate_limit_key
-                if principal
-                else f"ip:{client_address(scope, settings.trust_forwarded_for)}"
-            )
-            budget = await services.rate_limiter.spend(key, settings.rate_limit)
+            budget = await admit(scope)
         except AiserveError as exc:
-            headers = {}
-            if isinstance(exc, RateLimited):
-                services.telemetry.rate_limit_refusals.labels("api").inc()
-                headers = {
-                    "X-RateLimit-Limit": str(settings.rate_limit),
-                    "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": str(exc.retry_after_s),
-                }
-            await error_response(exc, headers)(scope, receive, send)
+            await refusal(scope, exc)(scope, receive, send)
             return
 
         async def send_with_budget(message: Message) -> None:
@@ -97,10 +109,3 @@ class ApiGatewayMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_budget)
-
-    @staticmethod
-    async def _authenticate(scope: Scope) -> Principal | None:
-        credential = bearer_credential(Headers(scope=scope))
-        if credential is None:
-            return None
-        return await services_of(scope).accounts.authenticate(credential)

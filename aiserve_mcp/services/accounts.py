@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aiserve_mcp.errors import AuthInvalid, Conflict, Forbidden, NotFound, ValidationFailed
+from aiserve_mcp.services.offer_cache import TtlCache
 from aiserve_mcp.services.principal import SCOPES, Principal
 from aiserve_mcp.services.security import (
     API_KEY_PREFIX,
@@ -39,11 +40,27 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class _Checked:
+    principal: Principal
+    valid_until: datetime | None  # an API key's expiry
+
+
 class AccountService:
-    def __init__(self, db: Database, signer: TokenSigner, refresh_ttl_s: int) -> None:
+    """Accounts and credentials. A credential checked against the database is reused for
+    ``cache_ttl_s`` seconds by this process (keyed by its digest; never the plaintext): logout, key
+    revocation and admin changes made here drop it at once, those made by another process within the TTL."""
+
+    def __init__(
+        self, db: Database, signer: TokenSigner, refresh_ttl_s: int, cache_ttl_s: float = 0.0
+    ) -> None:
         self._db = db
         self._signer = signer
         self._refresh_ttl = timedelta(seconds=refresh_ttl_s)
+        self._checked: TtlCache[str, _Checked] = TtlCache(cache_ttl_s)
+
+    def _forget(self, match: Callable[[Principal], bool]) -> None:
+        self._checked.forget_values(lambda checked: match(checked.principal))
 
     async def create_user(
         self, email: str, password: str, name: str | None, *, is_admin: bool = False
@@ -71,6 +88,7 @@ class AccountService:
             if user is None:
                 raise NotFound(f"no user with email {email}")
             user.is_admin = is_admin
+        self._forget(lambda p: p.user_id == user.id)
         return user
 
     async def login(self, email: str, password: str) -> tuple[User, TokenPair]:
@@ -136,6 +154,7 @@ class AccountService:
                     raise AuthInvalid("account is disabled")
                 pair = self._mint(session, user.id, login.id)
         if reused:  # raised after the commit, so the revocation is kept
+            self._forget(lambda p: p.session_id == login.id)
             raise AuthInvalid("refresh token was already used; this login has been revoked, log in again")
         return pair
 
@@ -143,11 +162,22 @@ class AccountService:
         async with self._db.session() as session:
             _, login = await self._login_of(session, refresh_token)
             self._revoke(login, "logout")
+        self._forget(lambda p: p.session_id == login.id)
 
     async def authenticate(self, credential: str) -> Principal:
         """Resolve a bearer credential (access token or API key) to a principal, or raise ``AuthInvalid``."""
+        checked, _ = await self._checked.get(digest(credential), lambda: self._check(credential))
+        if checked.valid_until is not None and checked.valid_until <= _now():
+            self._checked.discard(digest(credential))
+            raise AuthInvalid("API key has expired")
+        return checked.principal
+
+    async def _check(self, credential: str) -> _Checked:
         if credential.startswith(API_KEY_PREFIX):
             return await self._authenticate_api_key(credential)
+        return _Checked(await self._authenticate_token(credential), None)
+
+    async def _authenticate_token(self, credential: str) -> Principal:
         claims = self._signer.verify(credential)
         async with self._db.session() as session:
             row = (
@@ -166,7 +196,7 @@ class AccountService:
             raise AuthInvalid("account is disabled")
         return Principal(user.id, user.email, user.is_admin, "jwt", session_id=login.id)
 
-    async def _authenticate_api_key(self, key: str) -> Principal:
+    async def _authenticate_api_key(self, key: str) -> _Checked:
         now = _now()
         async with self._db.session() as session:
             row = (
@@ -188,7 +218,10 @@ class AccountService:
             if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
                 api_key.last_used_at = now
         scopes = frozenset(api_key.scopes) if api_key.scopes is not None else None
-        return Principal(user.id, user.email, user.is_admin, "api_key", scopes=scopes, api_key_id=api_key.id)
+        principal = Principal(
+            user.id, user.email, user.is_admin, "api_key", scopes=scopes, api_key_id=api_key.id
+        )
+        return _Checked(principal, api_key.expires_at)
 
     async def create_api_key(
         self,
@@ -239,6 +272,7 @@ class AccountService:
                 raise NotFound(f"API key {key_id} not found")
             if key.revoked_at is None:
                 key.revoked_at = _now()
+        self._forget(lambda p: p.api_key_id == key_id)
         return key
 
     async def get_user(self, user_id: str) -> User:

@@ -75,6 +75,8 @@ class Dispatcher:
 
     async def submit(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
         """Run ``arrays`` alone or batched with others that queued; outputs and whether a GPU ran them."""
+        if self._idle and not self._queue and not (self._batchable and self._max_delay_s > 0):
+            return await self._run_now(self._idle.pop(), arrays)
         rows = {a.shape[0] for a in arrays.values() if a.ndim > 0}
         if self._batchable and len(rows) == 1:
             pending = _Pending(arrays, rows.pop(), _key(arrays))
@@ -85,10 +87,24 @@ class Dispatcher:
         if self._queued_rows >= self._max_batch:
             self._filled.set()
         if self._idle and not self._filling:  # one replica per request at most; none while one fills
-            task = asyncio.get_running_loop().create_task(self._serve(self._idle.pop()))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start_serving(self._idle.pop())
         return await asyncio.shield(pending.done)
+
+    async def _run_now(self, replica: Replica, arrays: Arrays) -> tuple[dict[str, Any], bool]:
+        """Nothing queued and a replica idle: run in the caller, then hand the replica to what queued."""
+        self._on_run(1)
+        try:
+            return await replica.run(arrays)
+        finally:
+            if self._queue:
+                self._start_serving(replica)
+            else:
+                self._idle.append(replica)
+
+    def _start_serving(self, replica: Replica) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(replica))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[_Pending]:
         first = self._queue[0]

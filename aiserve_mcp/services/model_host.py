@@ -20,22 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
-import numpy as np
 
 from aiserve_mcp.errors import Conflict, NotFound, ServiceUnavailable
 from aiserve_mcp.runtime.formats import Servability, servability
 from aiserve_mcp.runtime.onnx_model import OnnxModel
-from aiserve_mcp.runtime.tensors import TensorSpec, prepare, to_python
+from aiserve_mcp.runtime.tensors import TensorSpec, prepare
 from aiserve_mcp.services.batching import Arrays, Dispatcher, Replica
+from aiserve_mcp.services.events import Event, EventBus
 from aiserve_mcp.services.model_store import ModelStore
 from aiserve_mcp.services.telemetry import Telemetry
 from aiserve_mcp.services.traffic import Traffic
@@ -45,6 +46,7 @@ from aiserve_mcp.worker.launch import WorkerProcess, start_worker, stop_worker
 
 log = logging.getLogger(__name__)
 LATENCY_WINDOW = 10_000
+ANNOUNCE_EVERY_S = 1.0
 INLINE_BELOW_S = 0.0002  # runs this short go inline on the event loop: a thread hop would cost more
 WORKER_RUNTIMES = frozenset({"torch"})  # runtimes that execute code from the file: isolated workers only
 
@@ -92,8 +94,7 @@ class ModelMetrics:
 
 @dataclass(frozen=True)
 class Prediction:
-    outputs: dict[str, list[Any]]
-    dtypes: dict[str, str]  # numpy dtype name of each output ("object" for non-tensor outputs)
+    outputs: dict[str, Any]  # numpy arrays, or the runtime's own values for non-tensor outputs
     latency_ms: float
     used_gpu: bool
     runtime: str
@@ -107,13 +108,15 @@ class OnnxReplica:
         self.model = model
         self._typical_s = math.inf
 
-    async def run(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
+    def _timed(self, arrays: Arrays) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
+        return self.model.run(arrays), time.perf_counter() - started
+
+    async def run(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
         if self._typical_s < INLINE_BELOW_S:
-            outputs = self.model.run(arrays)
+            outputs, elapsed = self._timed(arrays)
         else:
-            outputs = await anyio.to_thread.run_sync(self.model.run, arrays)
-        elapsed = time.perf_counter() - started
+            outputs, elapsed = await anyio.to_thread.run_sync(self._timed, arrays)
         self._typical_s = elapsed if math.isinf(self._typical_s) else 0.9 * self._typical_s + 0.1 * elapsed
         return outputs, self.model.used_gpu
 
@@ -215,6 +218,7 @@ class ModelHost:
         self,
         store: ModelStore,
         telemetry: Telemetry,
+        events: EventBus,
         traffic: Traffic,
         http: httpx.AsyncClient,
         *,
@@ -224,6 +228,7 @@ class ModelHost:
     ) -> None:
         self._store = store
         self._telemetry = telemetry
+        self._events = events
         self._traffic = traffic
         self._http = http
         self._threads = threads
@@ -232,6 +237,7 @@ class ModelHost:
         self._deployments: dict[str, Deployment] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._metrics: dict[str, ModelMetrics] = {}
+        self._announced: dict[str, float] = {}  # when each model's counts were last published
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -239,9 +245,21 @@ class ModelHost:
         return len(self._deployments)
 
     def start_loading(self, model: ServedModel) -> None:
-        task = asyncio.get_running_loop().create_task(self._load_in_background(model))
+        self._spawn(self._load_in_background(model))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _announce(self, model: ServedModel, metrics: ModelMetrics) -> None:
+        """Publish the model's prediction counts on the ``models`` stream, at most once a second."""
+        now = time.monotonic()
+        if now - self._announced.get(model.id, -math.inf) < ANNOUNCE_EVERY_S:
+            return
+        self._announced[model.id] = now
+        data = {"model_id": model.id, "total": metrics.requests, "errors": metrics.errors, "pid": os.getpid()}
+        self._spawn(self._events.publish(Event("models", "model.predictions", data, model.user_id)))
 
     async def _load_in_background(self, model: ServedModel) -> None:
         try:
@@ -264,6 +282,9 @@ class ModelHost:
         await self._store.update(model.id, status="ready", status_reason=note, signature=signature)
 
     async def _deployment(self, model: ServedModel) -> Deployment:
+        deployment = self._deployments.get(model.id)
+        if deployment is not None and deployment.settings == _settings_of(model):
+            return deployment
         lock = self._locks.setdefault(model.id, asyncio.Lock())
         async with lock:
             deployment = self._deployments.get(model.id)
@@ -343,19 +364,16 @@ class ModelHost:
         metrics = self._metrics.setdefault(model.id, ModelMetrics())
         started = time.perf_counter()
         try:
-            raw, used_gpu = await deployment.run(prepare(deployment.inputs, inputs))
-            outputs = {name: to_python(value) for name, value in raw.items()}
+            outputs, used_gpu = await deployment.run(prepare(deployment.inputs, inputs))
         except Exception:
             metrics.record((time.perf_counter() - started) * 1000, ok=False)
+            self._announce(model, metrics)
             raise
         latency_ms = (time.perf_counter() - started) * 1000
         metrics.record(latency_ms, ok=True)
-        self._telemetry.model_latency.labels(model.id).observe(latency_ms / 1000)
-        dtypes = {
-            name: np.asarray(value).dtype.name if isinstance(value, np.ndarray) else "object"
-            for name, value in raw.items()
-        }
-        return Prediction(outputs, dtypes, round(latency_ms, 3), used_gpu, deployment.runtime)
+        self._announce(model, metrics)
+        self._telemetry.child(self._telemetry.model_latency, model.id).observe(latency_ms / 1000)
+        return Prediction(outputs, round(latency_ms, 3), used_gpu, deployment.runtime)
 
     def metrics(self, model_id: str) -> LatencySummary:
         return self._metrics.get(model_id, ModelMetrics()).summary()
@@ -364,6 +382,7 @@ class ModelHost:
         """Stop serving ``model_id`` here (its replicas and workers are closed); metrics are dropped."""
         deployment = self._deployments.pop(model_id, None)
         self._metrics.pop(model_id, None)
+        self._announced.pop(model_id, None)
         self._locks.pop(model_id, None)
         if deployment is not None:
             await deployment.aclose()

@@ -20,6 +20,8 @@ import anyio
 from sqlalchemy import func, select
 
 from aiserve_mcp.errors import NotFound, PayloadTooLarge, QuotaExceeded
+from aiserve_mcp.services.events import Event, EventBus
+from aiserve_mcp.services.offer_cache import TtlCache
 from aiserve_mcp.settings import Settings
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.model_tables import ModelUpload, ServedModel
@@ -44,8 +46,12 @@ class StoredFile:
 
 
 class ModelStore:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, events: EventBus) -> None:
         self._db = db
+        self._events = events
+        # Model records read by id, reused for a moment (predictions read one per request); changes made
+        # by this process drop them at once, those of another process show within the TTL.
+        self._rows: TtlCache[str, ServedModel | None] = TtlCache(settings.read_cache_ttl_s)
         self.root = settings.data_dir / "models"
         self._quota_bytes = settings.model_quota_bytes
         self._max_file = settings.model_max_file_bytes
@@ -127,8 +133,7 @@ class ModelStore:
         return model
 
     async def owned(self, user_id: str, model_id: str) -> ServedModel:
-        async with self._db.session() as session:
-            row = await session.get(ServedModel, model_id)
+        row, _ = await self._rows.get(model_id, lambda: self._read(model_id))
         if row is None or row.user_id != user_id:
             raise NotFound(f"model '{model_id}' not found")
         return row
@@ -156,12 +161,25 @@ class ModelStore:
                 )
             ).all()
 
+    async def _read(self, model_id: str) -> ServedModel | None:
+        async with self._db.session() as session:
+            return await session.get(ServedModel, model_id)
+
     async def update(self, model_id: str, **values: object) -> ServedModel:
-        return await self._db.update_row(ServedModel, model_id, values, f"model '{model_id}' not found")
+        """Change a model's record; a status change is published on the ``models`` event stream."""
+        try:
+            row = await self._db.update_row(ServedModel, model_id, values, f"model '{model_id}' not found")
+        finally:
+            self._rows.discard(model_id)
+        if "status" in values:
+            data = {"model_id": row.id, "status": row.status, "reason": row.status_reason}
+            await self._events.publish(Event("models", "model.status", data, row.user_id))
+        return row
 
     async def delete(self, model: ServedModel) -> None:
         async with self._db.session() as session:
             row = await session.get(ServedModel, model.id)
             if row is not None:
                 await session.delete(row)
+        self._rows.discard(model.id)
         await anyio.to_thread.run_sync(lambda: self.path_of(model).unlink(missing_ok=True))

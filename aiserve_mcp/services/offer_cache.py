@@ -16,9 +16,14 @@ V = TypeVar("V")
 
 
 class TtlCache(Generic[K, V]):
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """Values kept for ``ttl_s`` seconds (0: never kept), at most ``max_entries`` of them."""
+
+    def __init__(
+        self, ttl_s: float, clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000
+    ) -> None:
         self._ttl_s = ttl_s
         self._clock = clock
+        self._max_entries = max_entries
         self._entries: dict[K, tuple[float, V]] = {}
         self._inflight: dict[K, asyncio.Future[V]] = {}
 
@@ -45,6 +50,8 @@ class TtlCache(Generic[K, V]):
         else:
             future.set_result(value)
             if self._ttl_s > 0:
+                if len(self._entries) >= self._max_entries:
+                    self._entries.clear()
                 self._entries[key] = (self._clock() + self._ttl_s, value)
             return value, False
         finally:
@@ -52,4 +59,12 @@ class TtlCache(Generic[K, V]):
 
     def invalidate(self, match: Callable[[K], bool]) -> None:
         for key in [k for k in self._entries if match(k)]:
+            del self._entries[key]
+
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def forget_values(self, match: Callable[[V], bool]) -> None:
+        """Drop every entry whose value ``match`` accepts."""
+        for key in [k for k, (_, value) in self._entries.items() if match(value)]:
             del self._entries[key]

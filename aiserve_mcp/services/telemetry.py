@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -79,6 +80,7 @@ class Telemetry:
         self.requests_total = 0
         self.active_connections = 0
         self._per_second: deque[tuple[int, int]] = deque()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def request_started(self) -> None:
         self.requests_total += 1
@@ -91,11 +93,20 @@ class Telemetry:
             self._per_second.append((second, 1))
         self._trim(second)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: ``labels()`` takes a lock and builds its key every call,
+        which the hottest routes pay several times per request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def request_finished(self, method: str, route: str, status: int, duration_s: float) -> None:
         self.active_connections -= 1
         self.http_in_flight.dec()
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(duration_s)
+        self.child(self.http_requests, method, route, str(status)).inc()
+        self.child(self.http_duration, method, route).observe(duration_s)
 
     def _trim(self, now_second: int) -> None:
         while self._per_second and self._per_second[0][0] <= now_second - RPS_WINDOW_S:

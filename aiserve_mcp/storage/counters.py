@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,16 +28,15 @@ class MemoryWindowCounter:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, int], int] = {}
-        self._lock = asyncio.Lock()
 
     async def hit(self, key: str, window_s: int) -> WindowCount:
         now = time.time()
         window = int(now // window_s)
-        async with self._lock:
-            if len(self._counts) > 10_000:
-                self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
-            count = self._counts.get((key, window), 0) + 1
-            self._counts[(key, window)] = count
+        # No await between the read and the write: on one event loop this update is atomic.
+        if len(self._counts) > 10_000:
+            self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
+        count = self._counts.get((key, window), 0) + 1
+        self._counts[(key, window)] = count
         return WindowCount(count, (window + 1) * window_s - now)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from aiserve_mcp.errors import ValidationFailed
-from aiserve_mcp.runtime.tensors import ANY_DTYPE
+from aiserve_mcp.runtime.tensors import ANY_DTYPE, to_python
 from aiserve_mcp.tools.common import Input, NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
@@ -170,11 +170,11 @@ async def v2_infer(ctx: ToolContext, args: InferInput) -> InferOutput:
     outputs = []
     for name, value in result.outputs.items():
         if name in wanted_outputs:
-            array = np.asarray(value)
+            array = np.asarray(to_python(value) if not isinstance(value, np.ndarray) else value)
             outputs.append(
                 OutputTensor(
                     name=name,
-                    datatype=DTYPE_TO_V2.get(result.dtypes[name], "BYTES"),
+                    datatype=DTYPE_TO_V2.get(array.dtype.name, "BYTES"),
                     shape=list(array.shape),
                     data=array.reshape(-1).tolist(),
                 )

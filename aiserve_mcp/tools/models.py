@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from aiserve_mcp.errors import Conflict, ValidationFailed
 from aiserve_mcp.runtime.formats import FORMATS, detect
+from aiserve_mcp.runtime.tensors import to_python
 from aiserve_mcp.services.model_host import servable_here
 from aiserve_mcp.storage.model_tables import ServedModel
 from aiserve_mcp.tools.common import Input, NoInput
@@ -248,9 +249,13 @@ class PredictInput(ModelRef):
 
 class PredictOutput(BaseModel):
     model_id: str
-    outputs: dict[str, Any]
+    outputs: dict[str, Any] = Field(description="Output name -> nested list (the runtime's arrays).")
     latency_ms: float
     metadata: dict[str, Any]
+
+    @field_serializer("outputs", when_used="json")
+    def _as_lists(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        return {name: to_python(value) for name, value in outputs.items()}
 
 
 @tool(scope="models:read", annotations=Annotations("Run inference", read_only=False, idempotent=True))

@@ -53,5 +53,5 @@ async def call_tool(tool: Tool, arguments: Mapping[str, Any], ctx: ToolContext) 
         log.exception("tool %s failed", tool.name)
         raise InternalError("internal error; the failure was logged on the server") from None
     finally:
-        telemetry.tool_calls.labels(tool.name, ctx.surface, outcome).inc()
-        telemetry.tool_duration.labels(tool.name).observe(time.perf_counter() - started)
+        telemetry.child(telemetry.tool_calls, tool.name, ctx.surface, outcome).inc()
+        telemetry.child(telemetry.tool_duration, tool.name).observe(time.perf_counter() - started)

@@ -87,6 +87,9 @@ async def start_worker(
         raise ServiceUnavailable(
             f"the worker process did not start: no address announced within {timeout_s:g} s"
         ) from None
+    except BaseException:  # cancelled while waiting: the process must not outlive the request
+        await asyncio.shield(stop_worker(process))
+        raise
     try:
         endpoint = json.loads(line)["listening"]
     except (ValueError, TypeError, KeyError):
