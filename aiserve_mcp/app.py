@@ -13,14 +13,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from aiserve_mcp.errors import NotFound, error_body
+from aiserve_mcp.protocols.a2a import A2aSurface
+from aiserve_mcp.protocols.agent_door import AgentDoor
 from aiserve_mcp.protocols.gateway import ApiGatewayMiddleware, TelemetryMiddleware
 from aiserve_mcp.protocols.http_support import services_of
 from aiserve_mcp.protocols.mcp_http import McpHttpTransports, request_address_resolver, request_principal
 from aiserve_mcp.protocols.mcp_server import build_mcp_server
+from aiserve_mcp.protocols.websocket import websocket_routes
 from aiserve_mcp.rest_compat.endpoint import rest_routes
+from aiserve_mcp.rest_compat.fast_predict import PredictFastPath
 from aiserve_mcp.rest_compat.openapi import openapi_document
 from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.events import publish_forever
 from aiserve_mcp.settings import Settings
+from aiserve_mcp.storage.a2a_tasks import DatabaseA2aTaskStore
 from aiserve_mcp.tools import REGISTRY
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -52,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         services, REGISTRY, request_principal, request_address_resolver(settings), surface="mcp"
     )
     mcp_http = McpHttpTransports(mcp_server, settings)
+    a2a = A2aSurface(services, REGISTRY, DatabaseA2aTaskStore(services.db))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,20 +66,34 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             async with mcp_http.running(), anyio.create_task_group() as background:
                 background.start_soon(services.market.expire_forever, settings.expiry_check_interval_s)
+                background.start_soon(
+                    publish_forever,
+                    services.events,
+                    services.metrics_snapshot,
+                    settings.events_metrics_interval_s,
+                )
                 yield
                 background.cancel_scope.cancel()
         finally:
+            await a2a.aclose()
             await services.close()
 
     routes: list[BaseRoute] = [
         *mcp_http.routes(),
+        *a2a.routes(),
+        AgentDoor(REGISTRY).route(),
         *rest_routes(REGISTRY),
+        *websocket_routes(),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(TelemetryMiddleware), Middleware(ApiGatewayMiddleware)],
+        middleware=[
+            Middleware(PredictFastPath, registry=REGISTRY),
+            Middleware(TelemetryMiddleware),
+            Middleware(ApiGatewayMiddleware),
+        ],
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".aiserve")
     database_url: str | None = None
     redis_url: str | None = None
@@ -33,6 +34,7 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     access_token_ttl_s: int = Field(default=86_400, gt=0)
     refresh_token_ttl_s: int = Field(default=30 * 86_400, gt=0)
+    read_cache_ttl_s: float = Field(default=2.0, ge=0)
     rate_limit: int = Field(default=100, gt=0)
     rate_limit_window_s: int = Field(default=60, gt=0)
     auth_rate_limit: int = Field(default=20, gt=0)
@@ -41,6 +43,7 @@ class Settings(BaseSettings):
     trust_forwarded_for: bool = False
     max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     api_key: SecretStr | None = None
+    mcp_conformance_fixtures: bool = False
     vastai_url: str = "https://console.vast.ai"
     vastai_api_key: SecretStr | None = None
     ionet_url: str = "https://api.io.solutions"
@@ -75,6 +78,7 @@ class Settings(BaseSettings):
     model_worker_timeout_s: float = Field(default=60.0, gt=0)
     lb_eject_after: int = Field(default=3, ge=1)
     lb_eject_for_s: float = Field(default=30.0, gt=0)
+    events_metrics_interval_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_csv)

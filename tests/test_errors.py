@@ -102,8 +102,8 @@ async def test_http_error_answers(client: httpx.AsyncClient, account: Account) -
     assert extra.status_code == 400 and extra.json()["details"]["fields"][0]["field"] == "admin"
     missing = await client.get("/api/v1/nothing-here", headers=account.headers)
     assert missing.status_code == 404 and missing.json()["code"] == "NOT_FOUND"
-    pending = await client.post("/api/v1/agent", json={}, headers=account.headers)
-    assert pending.status_code == 501 and pending.json()["code"] == "NOT_IMPLEMENTED"
+    unknown_protocol = await client.post("/api/v1/agent", json={}, headers=account.headers)
+    assert unknown_protocol.status_code == 400 and "supported" in unknown_protocol.json()["details"]
     wrong_method = await client.put("/api/v1/user/export", headers=account.headers)
     assert wrong_method.status_code == 405
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
-from aiserve_mcp.rest_compat.routes import PENDING, ROUTES
+from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.tools import REGISTRY
-from tests.conftest import Account
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "api-reference.md"
 SPEC_ROUTE = re.compile(r"```http\n(GET|POST|PUT|DELETE|PATCH) (\S+)")
@@ -44,18 +43,22 @@ def app_routes(app: Starlette) -> set[tuple[str, str]]:
         if isinstance(route, Route):
             for method in route.methods or ():
                 served.add((method, normalise(route.path)))
+        elif isinstance(route, WebSocketRoute):  # the handshake is a GET
+            served.add(("GET", normalise(route.path)))
     return served
 
 
 def test_every_documented_route_is_in_the_table_or_the_protocol_layer(
     documented: set[tuple[str, str]], app: Starlette
 ) -> None:
-    table = {(r.method, normalise(r.path)) for r in ROUTES} | {(p.method, normalise(p.path)) for p in PENDING}
+    table = {(r.method, normalise(r.path)) for r in ROUTES}
     protocol = {
         ("POST", "/api/v1/mcp"),
         ("GET", "/api/v1/mcp/sse"),
         ("GET", "/metrics"),
         ("POST", "/api/v1/models/upload"),
+        ("GET", "/ws"),
+        ("POST", "/api/v1/agent"),
     }
     missing = documented - table - protocol
     assert not missing, f"spec routes with no entry: {sorted(missing)}"
@@ -65,9 +68,8 @@ def test_every_documented_route_is_in_the_table_or_the_protocol_layer(
 def test_table_names_registered_tools_once() -> None:
     for route in ROUTES:
         REGISTRY.get(route.tool)
-    keys = [(r.method, r.path) for r in ROUTES] + [(p.method, p.path) for p in PENDING]
+    keys = [(r.method, r.path) for r in ROUTES]
     assert len(keys) == len(set(keys))
-    assert not {normalise(r.path) for r in ROUTES} & {normalise(p.path) for p in PENDING}
 
 
 def test_every_tool_has_a_description_and_models() -> None:
@@ -77,25 +79,11 @@ def test_every_tool_has_a_description_and_models() -> None:
         assert tool.input_model.model_json_schema()["type"] == "object"
 
 
-async def test_pending_routes_answer_501_never_a_fake_success(
-    client: httpx.AsyncClient, account: Account
-) -> None:
-    for pending in PENDING:
-        path = (
-            pending.path.replace("{provider}", "vastai")
-            .replace("{instance_id}", "1")
-            .replace("{model_id}", "m")
-        )
-        response = await client.request(pending.method, path, headers=account.headers)
-        assert response.status_code == 501, (pending, response.text)
-        assert response.json()["code"] == "NOT_IMPLEMENTED"
-
-
 async def test_openapi_describes_every_route(client: httpx.AsyncClient, app: Starlette) -> None:
     document = (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
     described = {(m.upper(), normalise(p)) for p, ops in document["paths"].items() for m in ops}
-    table = {(r.method, normalise(r.path)) for r in ROUTES} | {(p.method, normalise(p.path)) for p in PENDING}
+    table = {(r.method, normalise(r.path)) for r in ROUTES}
     assert table <= described
     login = document["paths"]["/api/v1/auth/login"]["post"]
     assert login["operationId"] == "auth_login"

@@ -8,6 +8,10 @@ recording are one atomic step (see ``services/spend_store.py``), so concurrent s
 limit. A user's windows are the defaults from ``AISERVE_SPENDING_LIMITS`` with their own settings on top;
 an API key has only the budget set for it. Raising a limit, removing one, or resetting a window needs the
 ``guardrails:admin`` scope, so an agent's key can never lift its own limits; lowering needs none.
+
+Each recorded spend is announced to its user on the ``spending`` stream (``spend.recorded`` with the
+windows' totals), each spend refused with 402 (``spend.refused`` with the violated windows) and each
+spend taken back (``spend.cancelled``); a check that records nothing announces nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from aiserve_mcp.errors import Forbidden, SpendingLimit, ValidationFailed
+from aiserve_mcp.services.events import Event, EventBus
 from aiserve_mcp.services.principal import Principal
 from aiserve_mcp.services.spend_store import Scoped, SpendDecision, SpendStore, WindowLimit, WindowTotal
 from aiserve_mcp.services.telemetry import Telemetry
@@ -76,9 +81,11 @@ class Guardrails:
         store: SpendStore,
         defaults: Mapping[str, Decimal],
         telemetry: Telemetry,
+        events: EventBus,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
+        self._events = events
         self._store = store
         self._defaults = {
             name: WindowLimit(name, window_seconds(name), limit) for name, limit in defaults.items()
@@ -146,9 +153,13 @@ class Guardrails:
         decision = await self._store.spend(
             scopes, amount, record=record, idempotency_key=idempotency_key, now=self._clock()
         )
+        spent = {"amount": float(amount), "reference": idempotency_key}
         if not decision.allowed:
             for v in decision.violations:
                 self._telemetry.spend_refusals.labels(v.name).inc()
+            if record:
+                violations = [window_view(v) for v in decision.violations]
+                await self._announce(principal, "spend.refused", {**spent, "violations": violations})
             first = decision.violations[0]
             raise SpendingLimit(
                 f"spending {amount:.2f} would exceed the {first.name} limit of {first.limit:.2f} "
@@ -158,6 +169,8 @@ class Guardrails:
             )
         if record and not decision.duplicate:
             self._telemetry.spend_recorded.inc(float(amount))
+            windows = [window_view(t) for t in decision.totals]
+            await self._announce(principal, "spend.recorded", {**spent, "windows": windows})
         ratios = [1 - t.spent / t.limit for t in decision.totals if t.limit > 0]
         if ratios:
             self._telemetry.spend_remaining.observe(max(float(min(ratios)), 0.0))
@@ -166,6 +179,12 @@ class Guardrails:
     async def cancel(self, principal: Principal, idempotency_key: str) -> None:
         """Take back a recorded spend whose action did not happen (a rent that failed)."""
         await self._store.cancel([s for s, _ in await self.scopes(principal)], idempotency_key)
+        await self._announce(principal, "spend.cancelled", {"reference": idempotency_key})
+
+    async def _announce(self, principal: Principal, kind: str, data: dict[str, Any]) -> None:
+        """Tell the user (on the ``spending`` stream) what happened, and through which API key."""
+        data = {**data, "api_key_id": principal.api_key_id}
+        await self._events.publish(Event("spending", kind, data, principal.user_id))
 
     async def totals(self, user_id: str) -> list[WindowTotal]:
         scope = user_scope(user_id)

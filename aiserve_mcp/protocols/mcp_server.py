@@ -1,21 +1,28 @@
-"""The MCP server (official SDK, low-level ``Server``): lists and calls the registry's tools.
+"""The MCP server (official SDK, low-level ``Server``): lists and calls the registry's tools, and serves the
+resources (``mcp_resources``) and prompts (``mcp_prompts``) built on them; the conformance suite's
+fixtures (``mcp_conformance``) only when ``AISERVE_MCP_CONFORMANCE_FIXTURES`` is set.
 
-Refusals are ``isError`` results whose text is the spec's error body (code + message an agent can act on),
-never a JSON-RPC error and never a hidden "Error executing tool".
+Tool refusals are ``isError`` results whose text is the spec's error body (code + message an agent can act
+on), never a JSON-RPC error and never a hidden "Error executing tool".
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
+from typing import Any
 
 from mcp import types
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 
 from aiserve_mcp import __version__
 from aiserve_mcp.errors import AiserveError, NotFound, error_body
+from aiserve_mcp.protocols.mcp_conformance import install_conformance_fixtures
+from aiserve_mcp.protocols.mcp_prompts import McpPrompts
+from aiserve_mcp.protocols.mcp_resources import McpResources
 from aiserve_mcp.services.container import Services
 from aiserve_mcp.services.principal import Principal
 from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
@@ -26,7 +33,10 @@ INSTRUCTIONS = (
     "aiserve: rent GPUs across marketplaces, balance traffic over them, serve your own models, pay, and "
     "stay inside the spending limits you set. Every tool returns structured JSON. A refused call returns "
     'isError with {"error", "code", "details"}: read the code (AUTH_INVALID, VALIDATION_ERROR, NOT_FOUND, '
-    "SPENDING_LIMIT, RATE_LIMITED, ...) and the message to decide what to do next."
+    "SPENDING_LIMIT, RATE_LIMITED, ...) and the message to decide what to do next. Resources "
+    "aiserve://instances, aiserve://models, aiserve://spending (subscribable) and aiserve://gpu/catalog are "
+    "the same JSON as the read tools; prompts find_cheapest_gpu, deploy_and_test_model and review_spending "
+    "walk through common workflows."
 )
 
 PrincipalResolver = Callable[[ServerRequestContext[object]], Principal | None]
@@ -89,17 +99,22 @@ def build_mcp_server(
             tools=[mcp_tool(t) for t in page], next_cursor=str(offset + TOOLS_PAGE_SIZE) if more else None
         )
 
-    async def call(
-        ctx: ServerRequestContext[object], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    async def run_tool(
+        ctx: ServerRequestContext[object], name: str, arguments: Mapping[str, Any]
+    ) -> BaseModel:
+        tool = registry.get(name)
+        if not tool.agent_visible:
+            raise NotFound(f"unknown tool '{name}'")
         tool_ctx = ToolContext(
             services, principal_of(ctx), surface, address_of(ctx), progress=ctx.session.report_progress
         )
+        return await call_tool(tool, arguments, tool_ctx)
+
+    async def call(
+        ctx: ServerRequestContext[object], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         try:
-            tool = registry.get(params.name)
-            if not tool.agent_visible:
-                raise NotFound(f"unknown tool '{params.name}'")
-            result = await call_tool(tool, params.arguments or {}, tool_ctx)
+            result = await run_tool(ctx, params.name, params.arguments or {})
         except AiserveError as exc:
             return refusal(exc)
         data = result.model_dump(mode="json")
@@ -107,11 +122,24 @@ def build_mcp_server(
             content=[types.TextContent(type="text", text=json.dumps(data))], structured_content=data
         )
 
-    return Server(
+    resources = McpResources(registry, services.events, principal_of, run_tool)
+    prompts = McpPrompts(registry, principal_of)
+    server: Server[object] = Server(
         "aiserve",
         version=__version__,
         title="aiserve",
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call,
+        on_list_resources=resources.list_resources,
+        on_list_resource_templates=resources.list_templates,
+        on_read_resource=resources.read,
+        on_subscribe_resource=resources.subscribe,
+        on_unsubscribe_resource=resources.unsubscribe,
+        on_subscriptions_listen=resources.listen,
+        on_list_prompts=prompts.list_prompts,
+        on_get_prompt=prompts.get_prompt,
     )
+    if services.settings.mcp_conformance_fixtures:
+        install_conformance_fixtures(server)
+    return server

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from aiserve_mcp.errors import AiserveError, NotImplementedYet
+from aiserve_mcp.errors import AiserveError
 from aiserve_mcp.protocols.http_support import (
     client_address,
     error_response,
@@ -19,7 +19,7 @@ from aiserve_mcp.protocols.http_support import (
     read_json_object,
     services_of,
 )
-from aiserve_mcp.rest_compat.routes import PENDING, ROUTES, PendingRoute, RestRoute
+from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
 from aiserve_mcp.tools.billing import handle_payment_webhook
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
@@ -122,19 +122,6 @@ async def payment_webhook(request: Request) -> Response:
     return Response(out.model_dump_json(), media_type="application/json")
 
 
-def pending_endpoint(route: PendingRoute) -> Endpoint:
-    async def endpoint(request: Request) -> Response:
-        return error_response(
-            NotImplementedYet(
-                f"{route.method} {route.path} is part of the API, but {route.feature} is not available "
-                "on this server yet",
-                {"feature": route.feature},
-            )
-        )
-
-    return endpoint
-
-
 def rest_routes(registry: ToolRegistry) -> list[Route]:
     """Starlette routes for the whole table (several methods on one path become one route each)."""
     routes = [
@@ -143,5 +130,4 @@ def rest_routes(registry: ToolRegistry) -> list[Route]:
     ]
     routes.append(Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]))
     routes.append(Route(UPLOAD_PATH, model_upload, methods=["POST"]))
-    routes += [Route(p.path, pending_endpoint(p), methods=[p.method]) for p in PENDING]
     return routes

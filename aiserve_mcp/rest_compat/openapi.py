@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from aiserve_mcp import __version__
-from aiserve_mcp.rest_compat.routes import PENDING, ROUTES
+from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.tools.models import UploadFields, UploadOutput
 from aiserve_mcp.tools.registry import ToolRegistry
 
@@ -82,11 +82,6 @@ def openapi_document(registry: ToolRegistry) -> dict[str, Any]:
                 },
             }
         paths.setdefault(route.path, {})[route.method.lower()] = operation
-    for pending in PENDING:
-        paths.setdefault(pending.path, {})[pending.method.lower()] = {
-            "summary": f"{pending.feature} (not available on this server yet)",
-            "responses": {"501": _ERROR_RESPONSE},
-        }
     upload_fields = _schema(UploadFields, components, "validation")
     paths["/api/v1/models/upload"] = {
         "post": {

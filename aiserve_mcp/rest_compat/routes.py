@@ -32,15 +32,6 @@ class RestRoute:
     headers: tuple[tuple[str, str], ...] = ()  # (HTTP header, input field) pairs bound like body fields
 
 
-@dataclass(frozen=True)
-class PendingRoute:
-    """A route of the API reference whose feature is not built yet: it answers 501 ``NOT_IMPLEMENTED``."""
-
-    method: str
-    path: str
-    feature: str
-
-
 def _health_status(out: BaseModel) -> int:
     assert isinstance(out, HealthOutput)
     return 200 if out.status == "ok" else 503
@@ -112,11 +103,4 @@ ROUTES: list[RestRoute] = [
     RestRoute("POST", "/v2/models/{model_name}/infer", "v2_infer"),
     RestRoute("GET", "/health", "system_health", status_of=_health_status),
     RestRoute("GET", "/stats", "system_stats"),
-]
-
-_AGENTS = "agent protocols"
-
-PENDING: list[PendingRoute] = [
-    PendingRoute("POST", "/api/v1/agent", _AGENTS),
-    PendingRoute("GET", "/ws", _AGENTS),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from aiserve_mcp.providers.local import LocalProvider
 from aiserve_mcp.providers.vastai import VastAiProvider
 from aiserve_mcp.services.accounts import AccountService
 from aiserve_mcp.services.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
-from aiserve_mcp.services.events import EventBus, MemoryEventBus, RedisEventBus
+from aiserve_mcp.services.events import Event, EventBus, MemoryEventBus, RedisEventBus
 from aiserve_mcp.services.gpu_catalog import default_catalog
 from aiserve_mcp.services.gpu_contracts import ContractStore
 from aiserve_mcp.services.gpu_market import GpuMarket
@@ -90,14 +91,17 @@ class Services:
             RedisLoadStore(redis, settings.redis_prefix + "lb:") if redis is not None else MemoryLoadStore()
         )
         telemetry = Telemetry()
+        events: EventBus = (
+            RedisEventBus(redis, settings.redis_prefix + "events") if redis is not None else MemoryEventBus()
+        )
         spend_store: SpendStore = (
             RedisSpendStore(redis, settings.redis_prefix + "spend:")
             if redis is not None
             else SqlSpendStore(db)
         )
-        costs = CostGate(Ledger(db), Guardrails(db, spend_store, settings.spending_limits, telemetry))
+        costs = CostGate(Ledger(db), Guardrails(db, spend_store, settings.spending_limits, telemetry, events))
         market = GpuMarket(
-            ContractStore(db),
+            ContractStore(db, events),
             _providers(settings, outbound),
             default_catalog(),
             costs,
@@ -107,7 +111,7 @@ class Services:
         balancer = Balancer(
             loads, eject_after=settings.lb_eject_after, eject_for_s=settings.lb_eject_for_s, clock=time.time
         )
-        model_store = ModelStore(db, settings)
+        model_store = ModelStore(db, settings, events)
         traffic = Traffic(
             market,
             PoolStore(db),
@@ -119,7 +123,7 @@ class Services:
         return cls(
             settings=settings,
             db=db,
-            accounts=AccountService(db, signer, settings.refresh_token_ttl_s),
+            accounts=AccountService(db, signer, settings.refresh_token_ttl_s, settings.read_cache_ttl_s),
             rate_limiter=RateLimiter(counter, settings.rate_limit_window_s),
             telemetry=telemetry,
             redis=redis,
@@ -131,15 +135,14 @@ class Services:
             model_host=ModelHost(
                 model_store,
                 telemetry,
+                events,
                 traffic,
                 proxy_client,
                 threads=settings.model_threads,
                 max_batch=settings.model_max_batch,
                 worker_timeout_s=settings.model_worker_timeout_s,
             ),
-            events=RedisEventBus(redis, settings.redis_prefix + "events")
-            if redis is not None
-            else MemoryEventBus(),
+            events=events,
             payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,
@@ -149,6 +152,20 @@ class Services:
         """Apply pending database migrations (runs Alembic in a worker thread)."""
         await anyio.to_thread.run_sync(upgrade, self.db.url)
         log.info("database %s is at the latest schema", self.db.engine.url.render_as_string())
+
+    async def metrics_snapshot(self) -> Event:
+        """``metrics.snapshot`` for every subscriber: this process's numbers, as ``/stats`` reports them."""
+        telemetry = self.telemetry
+        data = {
+            "pid": os.getpid(),
+            "requests_total": telemetry.requests_total,
+            "requests_per_second": telemetry.requests_per_second(),
+            "active_connections": telemetry.active_connections,
+            "gpu_instances_active": await self.market.contracts.count_active(),
+            "models_loaded": self.model_host.loaded,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+        return Event("metrics", "metrics.snapshot", data)
 
     async def close(self) -> None:
         await self.model_host.aclose()

@@ -13,10 +13,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+import anyio
 from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,15 @@ class Subscription:
 
 
 class EventBus(Protocol):
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, event: Event) -> None:
+        """Best effort: never raises (the action that caused the event already happened)."""
+        ...
 
     def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription: ...
+
+    async def ready(self) -> None:
+        """Wait until events published by any process reach this process's subscribers."""
+        ...
 
     def unsubscribe(self, subscription: Subscription) -> None: ...
 
@@ -113,6 +120,9 @@ class MemoryEventBus:
         subscription = Subscription(user_id, streams)
         self._subscriptions.add(subscription)
         return subscription
+
+    async def ready(self) -> None:
+        return None
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
@@ -161,9 +171,10 @@ class RedisEventBus:
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
-                    self._listening.set()
                     async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                        if message.get("type") == "subscribe":  # confirmed: nothing published is missed
+                            self._listening.set()
+                        elif message.get("type") == "message":
                             self._local.deliver(Event.decode(message["data"]))
             except asyncio.CancelledError:
                 raise
@@ -177,3 +188,18 @@ class RedisEventBus:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
         await self._local.aclose()
+
+
+async def publish_forever(bus: EventBus, make: Callable[[], Awaitable[Event]], interval_s: float) -> None:
+    """Publish the event ``make()`` builds every ``interval_s`` seconds until cancelled; one that cannot be
+    built is logged and skipped. A step that has started finishes (shielded): a database query cut off
+    halfway would leave its connection closing after the event loop ends."""
+    while True:
+        await asyncio.sleep(interval_s)
+        with anyio.CancelScope(shield=True):
+            try:
+                event = await make()
+            except Exception:
+                log.exception("cannot build a periodic event; trying again in %g s", interval_s)
+                continue
+            await bus.publish(event)

@@ -1,4 +1,8 @@
-"""Persisted GPU contracts: every instance a user rents, owned by that user alone."""
+"""Persisted GPU contracts: every instance a user rents, owned by that user alone.
+
+Every change of a contract's status, endpoint or expiry is stored here and only here, and announced to
+its owner once stored: an ``instance.status`` event on the ``instances`` stream.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 
 from aiserve_mcp.errors import NotFound
+from aiserve_mcp.services.events import Event, EventBus
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.models import GpuContract
 
@@ -20,19 +25,51 @@ def new_contract_id() -> str:
     return f"ctr_{secrets.token_hex(12)}"
 
 
+ANNOUNCED = ("status", "endpoint", "expires_at")  # the changes an owner is told about
+
+
+def status_event(contract: GpuContract, previous_status: str | None) -> Event:
+    """``instance.status`` for the owner of ``contract``: its state now and the status it had before
+    (None when it was just rented; the same status with a later ``expires_at`` when it was renewed)."""
+    data: dict[str, Any] = {
+        "contract_id": contract.id,
+        "provider": contract.provider,
+        "instance_id": contract.instance_id,
+        "status": contract.status,
+        "previous_status": previous_status,
+        "expires_at": contract.expires_at.isoformat(),
+    }
+    if contract.endpoint is not None:
+        data["endpoint"] = contract.endpoint
+    if contract.status_message is not None:
+        data["message"] = contract.status_message
+    return Event("instances", "instance.status", data, contract.user_id)
+
+
 class ContractStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventBus) -> None:
         self._db = db
+        self._events = events
 
     async def add(self, contract: GpuContract) -> GpuContract:
         async with self._db.session() as session:
             session.add(contract)
+        await self._events.publish(status_event(contract, None))
         return contract
 
     async def update(self, contract_id: str, **values: Any) -> GpuContract:
-        return await self._db.update_row(
-            GpuContract, contract_id, values, f"contract '{contract_id}' not found"
-        )
+        """Set ``values`` on a contract (locked while it changes); tell its owner when its status,
+        endpoint or expiry changed."""
+        async with self._db.session() as session:
+            row = await session.get(GpuContract, contract_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"contract '{contract_id}' not found")
+            before = {name: getattr(row, name) for name in ANNOUNCED}
+            for name, value in values.items():
+                setattr(row, name, value)
+        if any(getattr(row, name) != old for name, old in before.items()):
+            await self._events.publish(status_event(row, before["status"]))
+        return row
 
     async def owned(self, user_id: str, contract_id: str) -> GpuContract:
         """The caller's contract; ``NotFound`` also when it belongs to someone else."""

@@ -313,8 +313,11 @@ class GpuMarket:
             )
         return result
 
-    async def destroy(self, user_id: str, provider_name: str, ref: str) -> GpuContract:
-        """Destroy the caller's instance ``ref`` (contract id or provider instance id); idempotent."""
+    async def destroy(
+        self, user_id: str, provider_name: str, ref: str, reason: str | None = None
+    ) -> GpuContract:
+        """Destroy the caller's instance ``ref`` (contract id or provider instance id), with ``reason`` as
+        its status message; idempotent."""
         provider = self.provider(provider_name)
         contract = await self.contracts.find(user_id, provider_name, ref)
         if contract.status not in ACTIVE:
@@ -322,7 +325,7 @@ class GpuMarket:
         if contract.instance_id is not None:
             await provider.destroy(contract.instance_id)
         self._cache.invalidate(lambda key: key[0] == provider_name)
-        return await self._ended(contract, "destroyed")
+        return await self._ended(contract, "destroyed", reason)
 
     async def _ended(
         self, contract: GpuContract, status: InstanceStatus, message: str | None = None
@@ -397,7 +400,9 @@ class GpuMarket:
             if contract.auto_renew and contract.billing == "metered" and await self._renewed(contract):
                 continue
             try:
-                await self.destroy(contract.user_id, contract.provider, contract.id)
+                await self.destroy(
+                    contract.user_id, contract.provider, contract.id, "the rented hours are over"
+                )
                 destroyed += 1
             except AiserveError as exc:
                 log.warning("cannot destroy expired %s on %s: %s", contract.id, contract.provider, exc)
