@@ -138,11 +138,12 @@ def _cast_numeric(
     if kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
         raise _refuse(spec, "NaN and infinite values are not accepted", sent)
     if target.kind == "f":
-        with np.errstate(over="ignore"):
-            out = array.astype(target)
-        if not allow_nonfinite and not np.isfinite(out).all():
+        if allow_nonfinite:
+            with np.errstate(over="ignore"):  # values beyond the target's range become inf, silently
+                return array.astype(target)
+        if array.size and target.itemsize < 8 and np.abs(array).max() > np.finfo(target).max:
             raise _refuse(spec, f"values overflow {target}", sent)
-        return out
+        return array.astype(target)
     if target.kind == "b":
         if kind != "b" and not np.isin(array, (0, 1)).all():
             raise _refuse(spec, "booleans must be true/false or 0/1", sent)

@@ -1,7 +1,8 @@
 """Requests to a model's replicas, with greedy dynamic batching.
 
-A run starts at once on an idle replica; requests that arrive while every replica is busy wait and go
-together in the next free replica's run (up to ``max_batch`` rows). With ``max_delay_s`` 0 (the default)
+A run starts on an idle replica as soon as the event loop has handed on the requests it already received
+(a task scheduled behind them, no timer), so those go together; requests that arrive while every replica
+is busy wait and go together in the next free replica's run (up to ``max_batch`` rows). With ``max_delay_s`` 0 (the default)
 there is no timer, so a lone request pays nothing for batching and under load each run carries everything
 that queued. A positive ``max_delay_s`` lets an idle replica wait up to that long after the oldest queued
 request for a batch to fill, trading latency for larger batches.
@@ -75,8 +76,6 @@ class Dispatcher:
 
     async def submit(self, arrays: Arrays) -> tuple[dict[str, Any], bool]:
         """Run ``arrays`` alone or batched with others that queued; outputs and whether a GPU ran them."""
-        if self._idle and not self._queue and not (self._batchable and self._max_delay_s > 0):
-            return await self._run_now(self._idle.pop(), arrays)
         rows = {a.shape[0] for a in arrays.values() if a.ndim > 0}
         if self._batchable and len(rows) == 1:
             pending = _Pending(arrays, rows.pop(), _key(arrays))
@@ -89,17 +88,6 @@ class Dispatcher:
         if self._idle and not self._filling:  # one replica per request at most; none while one fills
             self._start_serving(self._idle.pop())
         return await asyncio.shield(pending.done)
-
-    async def _run_now(self, replica: Replica, arrays: Arrays) -> tuple[dict[str, Any], bool]:
-        """Nothing queued and a replica idle: run in the caller, then hand the replica to what queued."""
-        self._on_run(1)
-        try:
-            return await replica.run(arrays)
-        finally:
-            if self._queue:
-                self._start_serving(replica)
-            else:
-                self._idle.append(replica)
 
     def _start_serving(self, replica: Replica) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(replica))
