@@ -4,8 +4,8 @@ A run starts on an idle replica as soon as the event loop has handed on the requ
 (a task scheduled behind them, no timer), so those go together; requests that arrive while every replica
 is busy wait and go together in the next free replica's run (up to ``max_batch`` rows). With
 ``max_delay_s`` 0 (the default) there is no timer, so a lone request pays nothing for batching and under
-load each run carries everything that queued. A positive ``max_delay_s`` lets an idle replica wait up to that long after the oldest queued
-request for a batch to fill, trading latency for larger batches.
+load each run carries everything that queued. A positive ``max_delay_s`` lets an idle replica wait up
+to that long after the oldest queued request for a batch to fill, trading latency for larger batches.
 
 Requests are coalesced along the first (batch) axis only when the model's inputs all have a free first
 dimension and the requests' other dimensions agree; each answer is cut back out of the batched outputs by
