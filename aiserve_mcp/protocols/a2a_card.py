@@ -74,7 +74,7 @@ def summary_of(tool: Tool) -> str:
     return text if end < 0 else text[: end + 1]
 
 
-def _placeholder(schema: dict[str, Any]) -> str:
+def _type_hint(schema: dict[str, Any]) -> str:
     kind = schema.get("type")
     if isinstance(kind, str):
         return f"<{kind}>"
@@ -86,10 +86,10 @@ def _placeholder(schema: dict[str, Any]) -> str:
 
 
 def call_example(tool: Tool) -> dict[str, Any]:
-    """The data part that calls ``tool``, with a placeholder for each required argument."""
+    """The data part that calls ``tool``, with the expected type (e.g. "<integer>") in place of each required argument."""
     schema = tool.input_model.model_json_schema()
     properties = schema.get("properties", {})
-    arguments = {name: _placeholder(properties.get(name, {})) for name in schema.get("required", [])}
+    arguments = {name: _type_hint(properties.get(name, {})) for name in schema.get("required", [])}
     return {"tool": tool.name, "arguments": arguments}
 
 
