@@ -86,7 +86,7 @@ def _type_hint(schema: dict[str, Any]) -> str:
 
 
 def call_example(tool: Tool) -> dict[str, Any]:
-    """The data part that calls ``tool``, with the expected type (e.g. "<integer>") in place of each required argument."""
+    """The data part that calls ``tool``: each required argument shows its type, e.g. "<integer>"."""
     schema = tool.input_model.model_json_schema()
     properties = schema.get("properties", {})
     arguments = {name: _type_hint(properties.get(name, {})) for name in schema.get("required", [])}
