@@ -15,9 +15,9 @@ from starlette.datastructures import Headers
 from starlette.routing import Route
 
 from aiserve_mcp.errors import NotFound, ValidationFailed
+from aiserve_mcp.protocols.a2a_card import A2A_PATH
 from aiserve_mcp.protocols.agent_door import (
     A2A,
-    A2A_PATH,
     AGENT_PATH,
     MCP,
     PROTOCOL_HEADER,

@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.types import Message as AsgiMessage
 
 from aiserve_mcp.errors import (
     AiserveError,
@@ -53,7 +52,13 @@ from aiserve_mcp.protocols.a2a_card import (
     summary_of,
     tools_by_area,
 )
-from aiserve_mcp.protocols.http_support import client_address, error_response, principal_of, read_body
+from aiserve_mcp.protocols.http_support import (
+    client_address,
+    error_response,
+    principal_of,
+    read_body,
+    replay_body,
+)
 from aiserve_mcp.services.container import Services
 from aiserve_mcp.services.principal import Principal
 from aiserve_mcp.settings import Settings
@@ -178,12 +183,11 @@ class ToolExecutor(AgentExecutor):
 
     def _tool(self, name: str) -> Tool:
         try:
-            tool = self._registry.get(name)
+            return self._registry.for_agents(name)
         except NotFound:
-            tool = None
-        if tool is None or not tool.agent_visible:
-            raise NotFound(f"unknown tool '{name}': send a text message to list the tools you can call")
-        return tool
+            raise NotFound(
+                f"unknown tool '{name}': send a text message to list the tools you can call"
+            ) from None
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task_id, context_id = context.task_id or "", context.context_id or ""
@@ -313,16 +317,7 @@ class _GuardedRpc:
         except PayloadTooLarge as exc:
             await error_response(exc)(scope, receive, send)
             return
-        replayed = False
-
-        async def replay() -> AsgiMessage:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: disconnects, which end SSE streams
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self._app(scope, replay, send)
+        await self._app(scope, replay_body(body, receive), send)
 
 
 class A2aSurface:

@@ -39,10 +39,10 @@ from aiserve_mcp.errors import (
     AiserveError,
     AuthRequired,
     InternalError,
-    NotFound,
     NotImplementedYet,
     ValidationFailed,
 )
+from aiserve_mcp.protocols.a2a_card import A2A_PATH
 from aiserve_mcp.protocols.agent_messages import (
     FIPA_ACTS,
     KQML_ONLY_KEYS,
@@ -63,6 +63,7 @@ from aiserve_mcp.protocols.http_support import (
     error_response,
     principal_of,
     read_body,
+    replay_body,
     services_of,
 )
 from aiserve_mcp.protocols.mcp_http import MCP_PATH
@@ -70,7 +71,6 @@ from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 AGENT_PATH = "/api/v1/agent"
-A2A_PATH = "/api/v1/a2a"
 PROTOCOL_HEADER = "X-Agent-Protocol"
 _FORWARDED = "aiserve.agent_door.forwarded"
 
@@ -230,20 +230,6 @@ def describe_tool(tool: Tool) -> dict[str, Any]:
     }
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` for a request whose body was read already: the body, then the client's own messages."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
 def _tagged(send: Send, protocol: str) -> Send:
     async def tag(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -304,7 +290,7 @@ class AgentDoor:
             match, child_scope = route.matches(inner)
             if match is Match.FULL:
                 inner.update(child_scope)
-                await route.handle(inner, _replay(body, receive), _tagged(send, target.protocol))
+                await route.handle(inner, replay_body(body, receive), _tagged(send, target.protocol))
                 return
         missing = NotImplementedYet(
             f"this is a {target.protocol} message, but POST {target.path} is not served on this server yet",
@@ -329,7 +315,5 @@ class AgentDoor:
     async def _run(self, call: ToolCall, ctx: ToolContext) -> Any:
         if call.name in LIST_ALIASES:
             return {"tools": [describe_tool(t) for t in self._registry if t.visible_to(ctx.principal)]}
-        tool = self._registry.get(call.name)
-        if not tool.agent_visible:
-            raise NotFound(f"unknown tool '{call.name}'")
+        tool = self._registry.for_agents(call.name)
         return (await call_tool(tool, call.arguments, ctx)).model_dump(mode="json")

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope
 
 from aiserve_mcp.errors import (
     AiserveError,
@@ -68,11 +68,6 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     body = await read_body(request, limit)
     if not body.strip():
         return {}
-    return parse_json_object(body)
-
-
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """``body`` as a JSON object; ``ValidationFailed`` for anything else."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -80,3 +75,18 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationFailed("request body must be a JSON object")
     return data
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for a request whose body was read already: the body, then the client's own messages
+    (disconnects, which end streamed answers)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from aiserve_mcp import __version__
-from aiserve_mcp.errors import AiserveError, NotFound, error_body
+from aiserve_mcp.errors import AiserveError, error_body
 from aiserve_mcp.protocols.mcp_conformance import install_conformance_fixtures
 from aiserve_mcp.protocols.mcp_prompts import McpPrompts
 from aiserve_mcp.protocols.mcp_resources import McpResources
@@ -102,9 +102,7 @@ def build_mcp_server(
     async def run_tool(
         ctx: ServerRequestContext[object], name: str, arguments: Mapping[str, Any]
     ) -> BaseModel:
-        tool = registry.get(name)
-        if not tool.agent_visible:
-            raise NotFound(f"unknown tool '{name}'")
+        tool = registry.for_agents(name)
         tool_ctx = ToolContext(
             services, principal_of(ctx), surface, address_of(ctx), progress=ctx.session.report_progress
         )

@@ -16,11 +16,12 @@ from typing import Any
 from urllib.parse import unquote
 
 import orjson
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aiserve_mcp.errors import AiserveError, PayloadTooLarge, error_body, error_headers, kind_of
+from aiserve_mcp.errors import AiserveError, error_body, error_headers, kind_of
 from aiserve_mcp.protocols.gateway import admit, refusal
-from aiserve_mcp.protocols.http_support import client_address, parse_json_object, principal_of, services_of
+from aiserve_mcp.protocols.http_support import client_address, principal_of, read_json_object, services_of
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.runtime.tensors import to_python
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
@@ -42,20 +43,6 @@ def _default(value: Any) -> Any:
 
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-async def _body(receive: Receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 class PredictFastPath:
@@ -86,12 +73,8 @@ class PredictFastPath:
                 return
             headers = [JSON, *((k.encode(), v.encode()) for k, v in budget.headers().items())]
             try:
-                declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
                 limit = services.settings.max_request_body_bytes
-                if declared.isdigit() and int(declared) > limit:
-                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-                raw = await _body(receive, limit)
-                arguments = parse_json_object(raw) if raw.strip() else {}
+                arguments = await read_json_object(Request(scope, receive), limit)
                 arguments.update({k: unquote(v) for k, v in match.groupdict().items()})
                 ctx = ToolContext(
                     services=services,

@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aiserve_mcp.errors import AuthInvalid, Conflict, Forbidden, NotFound, ValidationFailed
-from aiserve_mcp.services.offer_cache import TtlCache
 from aiserve_mcp.services.principal import SCOPES, Principal
 from aiserve_mcp.services.security import (
     API_KEY_PREFIX,
@@ -23,6 +22,7 @@ from aiserve_mcp.services.security import (
     new_refresh_token,
     verify_password,
 )
+from aiserve_mcp.services.ttl_cache import TtlCache
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.models import ApiKey, LoginSession, RefreshToken, User
 

@@ -31,8 +31,8 @@ from aiserve_mcp.providers.base import (
 from aiserve_mcp.services.gpu_catalog import GpuCatalog, normalise_name
 from aiserve_mcp.services.gpu_contracts import ACTIVE, ContractStore, new_contract_id
 from aiserve_mcp.services.gpu_selection import Candidate, Criteria, rank
-from aiserve_mcp.services.offer_cache import TtlCache
 from aiserve_mcp.services.principal import Principal
+from aiserve_mcp.services.ttl_cache import TtlCache
 from aiserve_mcp.storage.models import GpuContract
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ import anyio
 import httpx
 
 from aiserve_mcp.errors import Conflict, NotFound, ServiceUnavailable
-from aiserve_mcp.runtime.formats import Servability, servability
+from aiserve_mcp.runtime.formats import servability
 from aiserve_mcp.runtime.onnx_model import OnnxModel
 from aiserve_mcp.runtime.tensors import TensorSpec, prepare
 from aiserve_mcp.services.batching import Arrays, Dispatcher, Replica
@@ -49,11 +49,6 @@ LATENCY_WINDOW = 10_000
 ANNOUNCE_EVERY_S = 1.0
 INLINE_BELOW_S = 0.0002  # runs this short go inline on the event loop: a thread hop would cost more
 WORKER_RUNTIMES = frozenset({"torch"})  # runtimes that execute code from the file: isolated workers only
-
-
-def servable_here(format_id: str, variant: str | None) -> Servability:
-    """Whether this server can answer predictions for the format (its runtime is installed)."""
-    return servability(format_id, variant)
 
 
 @dataclass(frozen=True)
@@ -299,7 +294,7 @@ class ModelHost:
             return deployment
 
     async def _deploy(self, model: ServedModel) -> Deployment:
-        serving = servable_here(model.format, model.variant)
+        serving = servability(model.format, model.variant)
         if not serving.servable:
             raise Conflict(serving.reason)
         path = self._store.path_of(model)

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from aiserve_mcp.errors import NotFound, PayloadTooLarge, QuotaExceeded
 from aiserve_mcp.services.events import Event, EventBus
-from aiserve_mcp.services.offer_cache import TtlCache
+from aiserve_mcp.services.ttl_cache import TtlCache
 from aiserve_mcp.settings import Settings
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.model_tables import ModelUpload, ServedModel

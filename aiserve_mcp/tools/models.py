@@ -10,9 +10,8 @@ import anyio
 from pydantic import BaseModel, Field, field_serializer
 
 from aiserve_mcp.errors import Conflict, ValidationFailed
-from aiserve_mcp.runtime.formats import FORMATS, detect
+from aiserve_mcp.runtime.formats import FORMATS, detect, servability
 from aiserve_mcp.runtime.tensors import to_python
-from aiserve_mcp.services.model_host import servable_here
 from aiserve_mcp.storage.model_tables import ServedModel
 from aiserve_mcp.tools.common import Input, NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
@@ -73,7 +72,7 @@ async def upload_model(
     except BaseException:
         await anyio.to_thread.run_sync(lambda: received.path.unlink(missing_ok=True))
         raise
-    serving = servable_here(found.format, found.variant)
+    serving = servability(found.format, found.variant)
     framework = fields.framework or next(f.framework for f in FORMATS if f.id == found.format)
     model = ServedModel(
         user_id=caller.user_id,
@@ -331,7 +330,7 @@ async def list_model_formats(ctx: ToolContext, args: NoInput) -> FormatList:
     server can serve each one now (formats are detected from file contents, not names)."""
     formats = []
     for f in FORMATS:
-        serving = servable_here(f.id, "torchscript" if f.id == "pytorch" else None)
+        serving = servability(f.id, "torchscript" if f.id == "pytorch" else None)
         formats.append(
             FormatOut(
                 format=f.id,

@@ -112,6 +112,14 @@ class ToolRegistry:
         except KeyError:
             raise NotFound(f"unknown tool '{name}'") from None
 
+    def for_agents(self, name: str) -> Tool:
+        """The tool an agent surface (MCP, A2A, the agent door) may call by ``name``; REST-only tools are
+        as unknown there as missing ones."""
+        tool = self.get(name)
+        if not tool.agent_visible:
+            raise NotFound(f"unknown tool '{name}'")
+        return tool
+
     def __iter__(self) -> Iterator[Tool]:
         return iter(sorted(self._tools.values(), key=lambda t: t.name))
 

@@ -1,8 +1,5 @@
-"""A short-lived cache of offer searches, with one request in flight per key.
-
-Marketplaces rate-limit searches (vast.ai per endpoint and per day), and their offers change slowly
-enough that a few seconds of staleness is harmless: renting re-checks the offer anyway.
-"""
+"""A short-lived cache with one load in flight per key: offer searches (marketplaces rate-limit them and
+renting re-checks the offer anyway), checked credentials and model records."""
 
 from __future__ import annotations
 
