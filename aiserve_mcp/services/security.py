@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,20 +54,33 @@ def new_refresh_token() -> str:
 
 
 def load_or_create_secret(configured: str | None, data_dir: Path) -> str:
-    """The JWT signing secret: from settings, else generated once and kept (mode 0600) in the data dir."""
+    """The JWT signing secret: from settings, else generated once and kept (mode 0600) in the data dir.
+
+    Processes that start together on a fresh data directory agree on one secret: each writes a complete
+    candidate to a private temporary file and links it into place; the first link wins, and every other
+    process reads the winner's file, which is complete from the moment its name exists."""
     if configured is not None:
-        if len(configured.encode()) < _MIN_SECRET_BYTES:
-            raise ValueError(f"AISERVE_JWT_SECRET must be at least {_MIN_SECRET_BYTES} bytes long")
-        return configured
+        return _checked_secret(configured, "AISERVE_JWT_SECRET")
     path = data_dir / "jwt_secret"
     data_dir.mkdir(parents=True, exist_ok=True)
+    fd, candidate = tempfile.mkstemp(prefix=".jwt_secret.", dir=data_dir)  # created with mode 0600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(candidate, path)
+    finally:
+        os.unlink(candidate)
+    return _checked_secret(path.read_text().strip(), str(path))
+
+
+def _checked_secret(secret: str, source: str) -> str:
+    """``secret`` when it is long enough to sign tokens with; a short or empty one is refused."""
+    if len(secret.encode()) < _MIN_SECRET_BYTES:
+        raise ValueError(f"the JWT secret in {source} must be at least {_MIN_SECRET_BYTES} bytes long")
+    return secret
 
 
 @dataclass(frozen=True)
