@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from aiserve_mcp.errors import NotFound, error_body
 from aiserve_mcp.protocols.a2a import A2aSurface
 from aiserve_mcp.protocols.agent_door import AgentDoor
-from aiserve_mcp.protocols.gateway import ApiGatewayMiddleware, TelemetryMiddleware
+from aiserve_mcp.protocols.gateway import ApiGatewayMiddleware, ErrorBoundary, TelemetryMiddleware
 from aiserve_mcp.protocols.http_support import services_of
 from aiserve_mcp.protocols.mcp_http import McpHttpTransports, request_address_resolver, request_principal
 from aiserve_mcp.protocols.mcp_server import build_mcp_server
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(ErrorBoundary),
             Middleware(PredictFastPath, registry=REGISTRY),
             Middleware(TelemetryMiddleware),
             Middleware(ApiGatewayMiddleware),

@@ -77,7 +77,14 @@ class NotImplementedYet(AiserveError):
 
 
 class ServiceUnavailable(AiserveError):
-    """A dependency the action needs is down or not configured."""
+    """A dependency the action needs is down or not configured. ``retry_after_s`` says when to try again
+    when the dependency is expected back (an outage), and is sent as ``Retry-After``."""
+
+    def __init__(
+        self, message: str, details: dict[str, Any] | None = None, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message, details)
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamFailed(AiserveError):

@@ -18,7 +18,13 @@ async def test_health_reports_each_dependency(client: httpx.AsyncClient) -> None
     if REDIS_URL:
         assert redis["configured"] is True and redis["response_time_ms"] > 0
     else:
-        assert redis == {"healthy": True, "configured": False, "response_time_ms": None, "error": None}
+        assert redis == {
+            "healthy": True,
+            "configured": False,
+            "response_time_ms": None,
+            "error": None,
+            "impact": None,
+        }
 
 
 async def test_stats_count_real_requests(client: httpx.AsyncClient, account: Account) -> None:

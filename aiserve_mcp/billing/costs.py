@@ -13,7 +13,6 @@ from decimal import Decimal
 
 from aiserve_mcp.billing.guardrails import Guardrails
 from aiserve_mcp.billing.ledger import Ledger
-from aiserve_mcp.errors import AiserveError
 from aiserve_mcp.services.principal import Principal
 
 
@@ -38,7 +37,7 @@ class CostGate:
         await self.guardrails.spend(payer, amount, record=True, idempotency_key=key)
         try:
             await self.ledger.hold(payer.user_id, amount, reference, description)
-        except AiserveError:
+        except Exception:  # refused, or the database is down: the spend must not stay counted
             await self.guardrails.cancel(payer, key)
             raise
 

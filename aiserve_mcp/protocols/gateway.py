@@ -10,10 +10,39 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiserve_mcp.errors import AiserveError, AuthInvalid, RateLimited
 from aiserve_mcp.protocols.http_support import client_address, error_response, services_of
+from aiserve_mcp.services.outages import unexpected
 from aiserve_mcp.services.ratelimit import Budget
 
 API_PREFIX = "/api/v1"
 GATED_PREFIXES = (API_PREFIX, "/v2")  # the REST API and the Open Inference Protocol
+
+
+class ErrorBoundary:
+    """The outermost layer: an exception that escapes every route still answers with the spec's error
+    body (503 ``SERVICE_UNAVAILABLE`` for an outage of the database or Redis, else 500
+    ``INTERNAL_ERROR``), never the framework's plain-text page; the server keeps serving."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # the status line is out: all that is left is to end the connection
+                raise
+            error = unexpected(exc, f"{scope['method']} {scope['path']}")
+            await error_response(error)(scope, receive, send)
 
 
 class TelemetryMiddleware:
@@ -63,7 +92,12 @@ async def admit(scope: Scope) -> Budget:
     services = services_of(scope)
     settings = services.settings
     credential = bearer_credential(Headers(scope=scope))
-    principal = None if credential is None else await services.accounts.authenticate(credential)
+    try:
+        principal = None if credential is None else await services.accounts.authenticate(credential)
+    except AiserveError:
+        raise
+    except Exception as exc:
+        raise unexpected(exc, "authentication") from None
     scope.setdefault("state", {})["principal"] = principal
     key = (
         principal.rate_limit_key if principal else f"ip:{client_address(scope, settings.trust_forwarded_for)}"

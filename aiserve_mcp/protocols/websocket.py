@@ -30,6 +30,7 @@ from aiserve_mcp.errors import (
     AuthRequired,
     Forbidden,
     PayloadTooLarge,
+    ServiceUnavailable,
     ValidationFailed,
     error_body,
 )
@@ -37,6 +38,7 @@ from aiserve_mcp.protocols.gateway import bearer_credential
 from aiserve_mcp.protocols.http_support import services_of
 from aiserve_mcp.services.container import Services
 from aiserve_mcp.services.events import STREAMS, Subscription
+from aiserve_mcp.services.outages import unexpected
 from aiserve_mcp.services.principal import Principal
 
 WS_PATH: Final = "/ws"
@@ -46,6 +48,8 @@ READY_TIMEOUT_S: Final = 5.0  # longest a subscribe waits for the event bus (Red
 MAX_MESSAGE_BYTES: Final = 4096
 CLOSE_AUTH: Final = 4401
 CLOSE_TOO_BIG: Final = 1009
+CLOSE_ERROR: Final = 1011  # RFC 6455: the server met an unexpected condition
+CLOSE_TRY_AGAIN: Final = 1013  # RFC 6455 registry: "Try Again Later" (a dependency is down)
 STREAM_SCOPES: Final[dict[str, str | None]] = {
     "instances": "gpu:read",
     "spending": "guardrails:read",
@@ -71,6 +75,12 @@ async def events_socket(websocket: WebSocket) -> None:
         await _close(websocket, exc, CLOSE_AUTH)
         return
     except WebSocketDisconnect:
+        return
+    except Exception as exc:
+        error = unexpected(exc, "WebSocket authentication")
+        await _close(
+            websocket, error, CLOSE_TRY_AGAIN if isinstance(error, ServiceUnavailable) else CLOSE_ERROR
+        )
         return
     connection = _Connection(websocket, services, credential, principal)
     if by_message:
@@ -167,6 +177,8 @@ class _Connection:
                 await self._handle(text, group)
             except AiserveError as exc:
                 await self.send({"type": "error", **error_body(exc)})
+            except Exception as exc:  # the message failed, the connection goes on
+                await self.send({"type": "error", **error_body(unexpected(exc, "WebSocket message"))})
 
     async def _handle(self, text: str, group: TaskGroup) -> None:
         if text.strip() == "ping":
@@ -236,6 +248,8 @@ class _Connection:
                 await self._close(exc, CLOSE_AUTH)
                 group.cancel_scope.cancel()
                 return
+            except Exception as exc:  # cannot tell now (the database is down): keep it, check again later
+                unexpected(exc, "WebSocket credential check")
 
 
 def websocket_routes() -> list[WebSocketRoute]:

@@ -36,9 +36,9 @@ from aiserve_mcp.services.spend_store import RedisSpendStore, SpendStore, SqlSpe
 from aiserve_mcp.services.telemetry import Telemetry
 from aiserve_mcp.services.traffic import Traffic
 from aiserve_mcp.settings import Settings
-from aiserve_mcp.storage.counters import MemoryWindowCounter, RedisWindowCounter, WindowCounter
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
+from aiserve_mcp.storage.rate_windows import MemoryRateWindows, RateWindows, RedisRateWindows
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,23 @@ class Services:
     @classmethod
     def create(cls, settings: Settings) -> Services:
         """Build the services; nothing connects until first use. Call ``migrate()`` before serving."""
-        db = Database(settings.effective_database_url)
+        db = Database(settings.effective_database_url, settings.database_timeout_s)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         signer = TokenSigner(load_or_create_secret(secret, settings.data_dir), settings.access_token_ttl_s)
         redis = (
             Redis(
                 connection_pool=BlockingConnectionPool.from_url(
-                    settings.redis_url, max_connections=200, timeout=10
+                    settings.redis_url,
+                    max_connections=200,
+                    timeout=settings.redis_timeout_s,
+                    socket_connect_timeout=settings.redis_timeout_s,
                 )
             )
             if settings.redis_url
             else None
         )
-        counter: WindowCounter = (
-            RedisWindowCounter(redis, settings.redis_prefix) if redis is not None else MemoryWindowCounter()
+        windows: RateWindows = (
+            RedisRateWindows(redis, settings.redis_prefix) if redis is not None else MemoryRateWindows()
         )
         outbound = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.provider_timeout_s), follow_redirects=False, trust_env=False
@@ -124,7 +127,7 @@ class Services:
             settings=settings,
             db=db,
             accounts=AccountService(db, signer, settings.refresh_token_ttl_s, settings.read_cache_ttl_s),
-            rate_limiter=RateLimiter(counter, settings.rate_limit_window_s),
+            rate_limiter=RateLimiter(windows, settings.rate_limit_window_s, telemetry),
             telemetry=telemetry,
             redis=redis,
             gpu_preferences=GpuPreferenceStore(db),

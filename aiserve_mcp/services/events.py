@@ -151,7 +151,10 @@ class RedisEventBus:
         try:
             await self._redis.publish(self._channel, event.encode())
         except Exception as exc:  # events are best effort: the action that caused one already happened
-            log.warning("cannot publish a %s event: %s", event.type, exc)
+            log.warning(
+                "cannot publish a %s event through Redis (%s); delivered in this process", event.type, exc
+            )
+            self._local.deliver(event)  # the listener is cut off too, so nobody receives it twice
 
     def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription:
         if self._listener is None or self._listener.done():

@@ -46,6 +46,11 @@ class Telemetry:
             ["budget"],
             registry=self.registry,
         )
+        self.rate_limit_fallbacks = Counter(
+            "aiserve_rate_limit_fallbacks_total",
+            "Requests whose rate limit was counted in this process because Redis could not be reached.",
+            registry=self.registry,
+        )
         self.spend_recorded = Counter(
             "aiserve_spend_recorded_usd_total",
             "USD recorded against spending windows.",

@@ -1,1 +1,1 @@
-"""Persistence: SQLAlchemy 2 async models, Alembic migrations, and shared counters (memory or Redis)."""
+"""Persistence: SQLAlchemy 2 async models, Alembic migrations, and rate-limit windows (memory or Redis)."""

@@ -18,9 +18,11 @@ from aiserve_mcp.errors import NotFound
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # The busy timeout first: switching a new file to WAL takes a lock that another process starting on
+    # the same fresh database may hold for a moment.
+    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
 
@@ -31,13 +33,20 @@ _WRITERS: dict[tuple[str, int], asyncio.Lock] = {}
 class Database:
     """Owns the engine. ``session()`` yields a session whose transaction commits on success."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        """``timeout_s`` bounds how long a request waits for a PostgreSQL connection, from the pool or a
+        new one, so that an outage answers quickly instead of holding requests."""
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        options: dict[str, Any] = (
+            {}
+            if self.is_sqlite
+            else {"pool_pre_ping": True, "pool_timeout": timeout_s, "connect_args": {"timeout": timeout_s}}
+        )
+        self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from aiserve_mcp.errors import AiserveError, InternalError, ValidationFailed, kind_of
+from aiserve_mcp.errors import AiserveError, ValidationFailed, kind_of
+from aiserve_mcp.services.outages import unexpected
 from aiserve_mcp.tools.registry import Tool, ToolContext
-
-log = logging.getLogger(__name__)
 
 
 def validation_details(error: ValidationError) -> dict[str, Any]:
@@ -48,10 +46,10 @@ async def call_tool(tool: Tool, arguments: Mapping[str, Any], ctx: ToolContext) 
     except AiserveError as exc:
         outcome = kind_of(exc).code
         raise
-    except Exception:
-        outcome = "INTERNAL_ERROR"
-        log.exception("tool %s failed", tool.name)
-        raise InternalError("internal error; the failure was logged on the server") from None
+    except Exception as exc:
+        failure = unexpected(exc, f"tool {tool.name}")
+        outcome = kind_of(failure).code
+        raise failure from None
     finally:
         telemetry.child(telemetry.tool_calls, tool.name, ctx.surface, outcome).inc()
         telemetry.child(telemetry.tool_duration, tool.name).observe(time.perf_counter() - started)

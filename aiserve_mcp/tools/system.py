@@ -13,6 +13,11 @@ from aiserve_mcp.tools.common import NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 CHECK_TIMEOUT_S = 2.0
+REDIS_DOWN = (
+    "rate limits are counted per server process and live events reach only this process's subscribers; "
+    "spending checks and shared load-balancer state answer 503 until Redis answers"
+)
+DATABASE_DOWN = "every request that needs an account or stored state answers 503 until the database answers"
 
 
 class DependencyCheck(BaseModel):
@@ -20,6 +25,7 @@ class DependencyCheck(BaseModel):
     configured: bool = True
     response_time_ms: float | None = Field(default=None, description="Measured round trip; null if not run.")
     error: str | None = None
+    impact: str | None = Field(default=None, description="What works differently while it is down.")
 
 
 class HealthChecks(BaseModel):
@@ -45,13 +51,18 @@ async def _timed(probe: Awaitable[object]) -> DependencyCheck:
 @tool(scope=None, annotations=Annotations("Health"))
 async def system_health(ctx: ToolContext, args: NoInput) -> HealthOutput:
     """Check the platform's dependencies: the database always, Redis when one is configured. Status is
-    'unhealthy' (HTTP 503) when a configured dependency does not answer within 2 seconds."""
+    'unhealthy' (HTTP 503) when a configured dependency does not answer within 2 seconds; its check then
+    names the error and what works differently until it is back."""
     services = ctx.services
     database = await _timed(services.db.ping())
+    if not database.healthy:
+        database.impact = DATABASE_DOWN
     if services.redis is None:
         redis = DependencyCheck(healthy=True, configured=False)
     else:
         redis = await _timed(services.redis.ping())
+        if not redis.healthy:
+            redis.impact = REDIS_DOWN
     status = "ok" if database.healthy and redis.healthy else "unhealthy"
     return HealthOutput(
         status=status, timestamp=datetime.now(UTC), checks=HealthChecks(database=database, redis=redis)
