@@ -223,6 +223,16 @@ async def test_a_bug_answers_the_spec_500_on_every_surface_and_the_connection_go
         assert task["status"]["state"] == "failed" and "INTERNAL_ERROR" in sent.text
         assert not LEAKS & set(sent.text.split())
 
+        await _drop_table(settings, "a2a_tasks")  # now the SDK's own task store step fails
+        sent = await http.post(
+            "/api/v1/a2a",
+            json={"jsonrpc": "2.0", "id": 2, "method": "message/send", "params": {"message": message}},
+            headers={"X-API-Key": key},
+        )
+        error = sent.json()["error"]
+        assert error["code"] == -32603 and error["data"]["code"] == "INTERNAL_ERROR", sent.text
+        assert not LEAKS & set(sent.text.split())
+
         await _drop_table(settings, "api_keys")  # now even checking an API key fails
         ws_url = "ws" + url.removeprefix("http") + "/ws"
         async with connect(ws_url, additional_headers={"X-API-Key": key}, proxy=None) as ws:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from a2a.auth.user import UnauthenticatedUser, User
 from a2a.helpers import get_data_parts, new_data_part, new_task
@@ -27,7 +28,9 @@ from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import create_jsonrpc_routes
 from a2a.server.routes.common import DefaultServerCallContextBuilder
 from a2a.server.tasks import TaskStore, TaskUpdater
-from a2a.types.a2a_pb2 import Message, Part, TaskState
+from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Message, Part, Task, TaskState
+from a2a.utils.errors import A2AError
+from a2a.utils.errors import InternalError as A2aInternalError
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -60,11 +63,13 @@ from aiserve_mcp.protocols.http_support import (
     replay_body,
 )
 from aiserve_mcp.services.container import Services
+from aiserve_mcp.services.outages import unexpected
 from aiserve_mcp.services.principal import Principal
 from aiserve_mcp.settings import Settings
 from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
+T = TypeVar("T")
 CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
 SURFACE = "a2a"
 NAME_KEYS = ("tool", "skill", "action")
@@ -298,6 +303,36 @@ def _progress_message(updater: TaskUpdater, done: float, total: float | None, me
     )
 
 
+class _SafeTaskStore(TaskStore):
+    """The task store, with its failures told as the spec's error body inside a JSON-RPC error: the SDK
+    would otherwise answer an unexpected exception with its text (SQL and all)."""
+
+    def __init__(self, store: TaskStore) -> None:
+        self._store = store
+
+    async def save(self, task: Task, context: ServerCallContext) -> None:
+        await self._guarded(self._store.save(task, context))
+
+    async def get(self, task_id: str, context: ServerCallContext) -> Task | None:
+        return await self._guarded(self._store.get(task_id, context))
+
+    async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        return await self._guarded(self._store.list(params, context))
+
+    async def delete(self, task_id: str, context: ServerCallContext) -> None:
+        await self._guarded(self._store.delete(task_id, context))
+
+    @staticmethod
+    async def _guarded(step: Awaitable[T]) -> T:
+        try:
+            return await step
+        except A2AError:
+            raise
+        except Exception as exc:
+            error = unexpected(exc, "A2A task store")
+            raise A2aInternalError(error.message, _json_safe(error_body(error))) from None
+
+
 class _GuardedRpc:
     """The SDK's JSON-RPC endpoint, for authenticated callers and bodies within the server's limit."""
 
@@ -330,7 +365,7 @@ class A2aSurface:
         default_base = self._public_url or f"http://{settings.host}:{settings.port}"
         self.handler = DefaultRequestHandler(
             agent_executor=ToolExecutor(services, registry),
-            task_store=task_store,
+            task_store=_SafeTaskStore(task_store),
             agent_card=agent_card(default_base, self._skills),
         )
         rpc = create_jsonrpc_routes(
