@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".aiserve")
     database_url: str | None = None
-    database_timeout_s: float = Field(default=5.0, gt=0)
+    database_timeout_s: float = Field(default=10.0, gt=0)
     redis_url: str | None = None
     redis_timeout_s: float = Field(default=2.0, gt=0)
     redis_prefix: str = "aiserve:"

@@ -114,9 +114,10 @@ class Backend:
 class NoHealthyBackend(ServiceUnavailable):
     """No backend of the pool can take the request now; retry after ``retry_after_s`` seconds."""
 
+    retry_after_s: int
+
     def __init__(self, message: str, retry_after_s: int, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message, details)
-        self.retry_after_s = max(1, int(retry_after_s))
+        super().__init__(message, details, retry_after_s=max(1, int(retry_after_s)))
 
 
 class Outcome:

@@ -33,7 +33,7 @@ _WRITERS: dict[tuple[str, int], asyncio.Lock] = {}
 class Database:
     """Owns the engine. ``session()`` yields a session whose transaction commits on success."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
         """``timeout_s`` bounds how long a request waits for a PostgreSQL connection, from the pool or a
         new one, so that an outage answers quickly instead of holding requests."""
         parsed = make_url(url)
