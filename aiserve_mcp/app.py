@@ -48,7 +48,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
     body = {"error": f"{request.method} is not allowed on {request.url.path}", "code": "METHOD_NOT_ALLOWED"}
-    return JSONResponse(body, status_code=405)
+    return JSONResponse(body, status_code=405, headers=getattr(exc, "headers", None))
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

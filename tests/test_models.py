@@ -170,6 +170,16 @@ async def test_hostile_and_odd_files(served: tuple[Starlette, httpx.AsyncClient]
         and renamed.json()["format"] == "onnx"
         and renamed.json()["name"] == "model.pt"
     )
+    # A file name with a NUL and a control character, sent raw (clients percent-encode them): PostgreSQL
+    # cannot store a NUL, so the name keeps only what is printable.
+    head = b'--b\r\nContent-Disposition: form-data; name="model"; filename="odd\x00name\x1f.onnx"\r\n\r\n'
+    raw = head + mlp_bytes() + b"\r\n--b--\r\n"
+    nul = await client.post(
+        "/api/v1/models/upload",
+        content=raw,
+        headers={**owner.headers, "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert nul.status_code == 201 and nul.json()["name"] == "oddname.onnx", nul.text
 
     marker = tmp_path / "pwned"
     hostile = await upload(client, owner, pickle.dumps(Pwned(marker)), filename="model.pkl")

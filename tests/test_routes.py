@@ -90,3 +90,9 @@ async def test_openapi_describes_every_route(client: httpx.AsyncClient, app: Sta
     ref = login["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.split("/")[-1] in document["components"]["schemas"]
     assert not [r for r in app.routes if isinstance(r, Mount) and r.path == ""]
+
+
+async def test_a_wrong_method_lists_the_methods_the_path_takes(client: httpx.AsyncClient) -> None:
+    refused = await client.patch("/api/v1/gpu/preferences", json={})
+    assert refused.status_code == 405 and refused.json()["code"] == "METHOD_NOT_ALLOWED"
+    assert set(refused.headers["Allow"].split(", ")) >= {"GET", "POST"}

@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
+from aiserve_mcp.app import create_app
 from aiserve_mcp.settings import Settings
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.registry import ToolContext
@@ -202,3 +203,23 @@ async def test_instances_on_private_addresses_are_refused(settings: Settings) ->
                 headers=owner.headers,
             )
             assert answer.status_code == 403 and "private" in answer.json()["error"]
+
+
+async def test_a_head_answer_is_relayed_without_a_body(settings: Settings) -> None:
+    """Over real HTTP: the upstream's Content-Length describes a body a HEAD answer does not carry, so the
+    relay must not repeat it."""
+    app = create_app(settings.model_copy(update={"local_cpu_slots": 1}))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        owner = await sign_up(client)
+        reserved = await client.post(
+            "/api/v1/gpu/instances/reserve",
+            json={"count": 1, "filters": {"provider": "local"}},
+            headers=owner.headers,
+        )
+        assert reserved.status_code == 201, reserved.text
+        for method in ("HEAD", "GET"):
+            answer = await client.post(
+                "/api/v1/gpu/proxy", json={"method": method, "path": "/health"}, headers=owner.headers
+            )
+            assert answer.status_code == 200, answer.text
+            assert (answer.content == b"") == (method == "HEAD")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
+import orjson
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -27,16 +29,50 @@ from aiserve_mcp.tools.runner import call_tool, parse_input
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 WEBHOOK_PATH = "/api/v1/billing/webhook"
+FieldTypes = Mapping[str, frozenset[str]]
+
+
+def _json_types(schema: Mapping[str, Any]) -> Iterator[str]:
+    declared = schema.get("type", ())
+    yield from [declared] if isinstance(declared, str) else declared
+    for branch in schema.get("anyOf", ()):
+        yield from _json_types(branch)
+
+
+def field_types(model: type[BaseModel]) -> dict[str, frozenset[str]]:
+    """The JSON types each input field takes, from the model's schema (its ``type`` or its ``anyOf``
+    branches'), by field name."""
+    properties = model.model_json_schema()["properties"]
+    return {name: frozenset(_json_types(schema)) for name, schema in properties.items()}
+
+
+def query_value(text: str, types: frozenset[str]) -> Any:
+    """A query-string value read as the JSON value its text spells when the field takes that type (``5``
+    for an integer, ``2.5`` for a number, ``true`` for a boolean), else the text itself: a query string
+    carries the text of typed values, and the input models check types strictly."""
+    if not types & {"integer", "number", "boolean"}:
+        return text
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if isinstance(value, bool):
+        return value if "boolean" in types else text
+    if isinstance(value, int | float):
+        return value if types & {"integer", "number"} else text
+    return text
 
 
 async def bind_arguments(
-    request: Request, fields: set[str], limit: int, headers: tuple[tuple[str, str], ...] = ()
+    request: Request, fields: FieldTypes, limit: int, headers: tuple[tuple[str, str], ...] = ()
 ) -> dict[str, Any]:
     """Merge the JSON body (POST/PUT/PATCH) or the query string (GET/DELETE) with the path parameters and
     the route's bound headers. Query parameters the tool does not take are ignored (cache busters and the
-    like); path parameters win, then headers."""
+    like); the others are read as the type their field takes. Path parameters win, then headers."""
     if request.method in ("GET", "DELETE", "HEAD"):
-        arguments: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in fields}
+        arguments: dict[str, Any] = {
+            k: query_value(v, fields[k]) for k, v in request.query_params.items() if k in fields
+        }
     else:
         arguments = await read_json_object(request, limit)
     arguments.update(request.path_params)
@@ -46,7 +82,7 @@ async def bind_arguments(
 
 def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     tool = registry.get(route.tool)
-    fields = set(tool.input_model.model_fields)
+    fields = field_types(tool.input_model)
 
     async def endpoint(request: Request) -> Response:
         services = services_of(request.scope)
@@ -72,7 +108,7 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
 def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     """A route that relays an upstream answer as is: its status, headers and body, streamed."""
     tool = registry.get(route.tool)
-    fields = set(tool.input_model.model_fields)
+    fields = field_types(tool.input_model)
     assert route.stream is not None
     open_stream = route.stream
 
@@ -122,11 +158,22 @@ async def payment_webhook(request: Request) -> Response:
     return Response(out.model_dump_json(), media_type="application/json")
 
 
+def _by_method(endpoints: Mapping[str, Endpoint]) -> Endpoint:
+    async def endpoint(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    return endpoint
+
+
 def rest_routes(registry: ToolRegistry) -> list[Route]:
-    """Starlette routes for the whole table (several methods on one path become one route each)."""
+    """Starlette routes for the whole table: one route per path, so that a 405 lists (in ``Allow``) every
+    method the path takes."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for r in ROUTES:
+        endpoint = (stream_endpoint if r.stream else tool_endpoint)(r, registry)
+        by_path.setdefault(r.path, {})[r.method] = endpoint
     routes = [
-        Route(r.path, (stream_endpoint if r.stream else tool_endpoint)(r, registry), methods=[r.method])
-        for r in ROUTES
+        Route(path, _by_method(endpoints), methods=list(endpoints)) for path, endpoints in by_path.items()
     ]
     routes.append(Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]))
     routes.append(Route(UPLOAD_PATH, model_upload, methods=["POST"]))

@@ -23,13 +23,19 @@ Stream = Callable[[ToolContext, Any], AbstractAsyncContextManager[UpstreamReply]
 
 @dataclass(frozen=True)
 class RestRoute:
+    """One route. ``errors`` are the error statuses its tool answers beyond those every route of its kind
+    may (400 for input, 401/403 for a scope, 413 for a body, 401/429 at the gateway, 500/503), for the
+    OpenAPI document."""
+
     method: str
     path: str
     tool: str
     status: int = 200
     status_of: Callable[[BaseModel], int] | None = None
+    alternate_statuses: tuple[int, ...] = ()  # what status_of may answer besides status, with the output
     stream: Stream | None = None  # answer with the upstream's own status, headers and streamed body
     headers: tuple[tuple[str, str], ...] = ()  # (HTTP header, input field) pairs bound like body fields
+    errors: tuple[int, ...] = ()
 
 
 def _health_status(out: BaseModel) -> int:
@@ -43,13 +49,13 @@ def _ready_status(out: BaseModel) -> int:
 
 
 ROUTES: list[RestRoute] = [
-    RestRoute("POST", "/api/v1/auth/register", "auth_register", 201),
+    RestRoute("POST", "/api/v1/auth/register", "auth_register", 201, errors=(409,)),
     RestRoute("POST", "/api/v1/auth/login", "auth_login"),
     RestRoute("POST", "/api/v1/auth/refresh", "auth_refresh"),
     RestRoute("POST", "/api/v1/auth/logout", "auth_logout"),
     RestRoute("POST", "/api/v1/auth/apikey", "create_api_key", 201),
     RestRoute("GET", "/api/v1/auth/apikeys", "list_api_keys"),
-    RestRoute("DELETE", "/api/v1/auth/apikey/{key_id}", "revoke_api_key"),
+    RestRoute("DELETE", "/api/v1/auth/apikey/{key_id}", "revoke_api_key", errors=(404,)),
     RestRoute("GET", "/api/v1/user/me", "whoami"),
     RestRoute("GET", "/api/v1/user/export", "export_account"),
     RestRoute("GET", "/api/v1/admin/users", "admin_list_users"),
@@ -61,13 +67,21 @@ ROUTES: list[RestRoute] = [
     RestRoute("GET", "/api/v1/gpu/instances", "search_gpu_offers"),
     RestRoute("POST", "/api/v1/gpu/instances/batch", "batch_rent_gpu_instances", 201),
     RestRoute("POST", "/api/v1/gpu/instances/reserve", "reserve_gpus", 201),
-    RestRoute("POST", "/api/v1/gpu/instances/{provider}/{instance_id}", "rent_gpu_instance", 201),
-    RestRoute("DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", "destroy_gpu_instance"),
+    RestRoute(
+        "POST",
+        "/api/v1/gpu/instances/{provider}/{instance_id}",
+        "rent_gpu_instance",
+        201,
+        errors=(402, 409, 502),
+    ),
+    RestRoute(
+        "DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", "destroy_gpu_instance", errors=(404, 502)
+    ),
     RestRoute("GET", "/api/v1/gpu/contracts", "list_gpu_contracts"),
-    RestRoute("GET", "/api/v1/gpu/contracts/{contract_id}", "get_gpu_contract"),
-    RestRoute("POST", "/api/v1/gpu/proxy", "proxy_request", stream=open_proxy),
+    RestRoute("GET", "/api/v1/gpu/contracts/{contract_id}", "get_gpu_contract", errors=(404,)),
+    RestRoute("POST", "/api/v1/gpu/proxy", "proxy_request", stream=open_proxy, errors=(404, 502, 504)),
     RestRoute("GET", "/api/v1/loadbalancer/loads", "get_instance_loads"),
-    RestRoute("GET", "/api/v1/loadbalancer/load", "get_instance_load"),
+    RestRoute("GET", "/api/v1/loadbalancer/load", "get_instance_load", errors=(404,)),
     RestRoute("GET", "/api/v1/loadbalancer/strategy", "get_lb_strategy"),
     RestRoute("PUT", "/api/v1/loadbalancer/strategy", "set_lb_strategy"),
     RestRoute(
@@ -80,27 +94,35 @@ ROUTES: list[RestRoute] = [
             ("X-Preferred-Payment", "preferred_payment"),
             ("Idempotency-Key", "idempotency_key"),
         ),
+        errors=(402, 409, 502),
     ),
     RestRoute("GET", "/api/v1/billing/transactions", "list_transactions"),
     RestRoute("GET", "/api/v1/guardrails/spending", "get_spending"),
-    RestRoute("POST", "/api/v1/guardrails/spending/record", "record_spending"),
-    RestRoute("POST", "/api/v1/guardrails/spending/check", "check_spending"),
+    RestRoute("POST", "/api/v1/guardrails/spending/record", "record_spending", errors=(402,)),
+    RestRoute("POST", "/api/v1/guardrails/spending/check", "check_spending", errors=(402,)),
     RestRoute("POST", "/api/v1/guardrails/spending/reset", "reset_spending"),
-    RestRoute("GET", "/api/v1/guardrails/limits", "get_spending_limits"),
-    RestRoute("PUT", "/api/v1/guardrails/limits", "set_spending_limits"),
+    RestRoute("GET", "/api/v1/guardrails/limits", "get_spending_limits", errors=(404,)),
+    RestRoute("PUT", "/api/v1/guardrails/limits", "set_spending_limits", errors=(404,)),
     RestRoute("GET", "/api/v1/models", "list_models"),
     RestRoute("GET", "/api/v1/models/formats", "list_model_formats"),
-    RestRoute("GET", "/api/v1/models/{model_id}", "get_model"),
-    RestRoute("DELETE", "/api/v1/models/{model_id}", "delete_model"),
-    RestRoute("PATCH", "/api/v1/models/{model_id}", "configure_model"),
-    RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict"),
-    RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics"),
+    RestRoute("GET", "/api/v1/models/{model_id}", "get_model", errors=(404,)),
+    RestRoute("DELETE", "/api/v1/models/{model_id}", "delete_model", errors=(404,)),
+    RestRoute("PATCH", "/api/v1/models/{model_id}", "configure_model", errors=(404, 409)),
+    RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict", errors=(404, 409, 502, 504)),
+    RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics", errors=(404,)),
     RestRoute("GET", "/api/v1/quota", "get_quota"),
     RestRoute("GET", "/v2/health/live", "v2_live"),
     RestRoute("GET", "/v2/health/ready", "v2_ready"),
-    RestRoute("GET", "/v2/models/{model_name}", "v2_model_metadata"),
-    RestRoute("GET", "/v2/models/{model_name}/ready", "v2_model_ready", status_of=_ready_status),
-    RestRoute("POST", "/v2/models/{model_name}/infer", "v2_infer"),
-    RestRoute("GET", "/health", "system_health", status_of=_health_status),
+    RestRoute("GET", "/v2/models/{model_name}", "v2_model_metadata", errors=(404,)),
+    RestRoute(
+        "GET",
+        "/v2/models/{model_name}/ready",
+        "v2_model_ready",
+        status_of=_ready_status,
+        alternate_statuses=(503,),
+        errors=(404,),
+    ),
+    RestRoute("POST", "/v2/models/{model_name}/infer", "v2_infer", errors=(404, 409, 502, 504)),
+    RestRoute("GET", "/health", "system_health", status_of=_health_status, alternate_statuses=(503,)),
     RestRoute("GET", "/stats", "system_stats"),
 ]

@@ -38,6 +38,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "authorization", "cookie", "x-api-key"}
+# The answer is relayed as a stream, so its length is the relay's to state (a HEAD answer's length
+# describes a body that is not there).
+RELAYED_NOT = HOP_BY_HOP | {"content-length"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_ATTEMPTS = 3
@@ -152,7 +155,7 @@ class Traffic:
                         continue
                 try:
                     headers = [
-                        (k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_BY_HOP
+                        (k, v) for k, v in response.headers.multi_items() if k.lower() not in RELAYED_NOT
                     ]
                     yield UpstreamReply(response.status_code, headers, response.aiter_raw(), contract)
                 finally:

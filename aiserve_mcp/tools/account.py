@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aiserve_mcp.billing.guardrails import key_scope, window_seconds
+from aiserve_mcp.billing.guardrails import key_scope
 from aiserve_mcp.services.principal import SCOPES
 from aiserve_mcp.tools.billing import TransactionOut
-from aiserve_mcp.tools.common import AwareDatetime, Input, NoInput
+from aiserve_mcp.tools.common import AwareDatetime, Input, IntegerNumber, NoInput, Offset, Text
 from aiserve_mcp.tools.gpu_instances import ContractOut
-from aiserve_mcp.tools.guardrails import Limit
+from aiserve_mcp.tools.guardrails import Limit, WindowName
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 API_KEY_NOTICE = "Save this API key securely. It will not be shown again."
+Scope = Annotated[str, Field(json_schema_extra={"enum": sorted(SCOPES)})]
 
 
 class UserProfile(BaseModel):
@@ -66,17 +67,18 @@ async def whoami(ctx: ToolContext, args: NoInput) -> WhoamiOutput:
 
 
 class CreateApiKeyInput(Input):
-    name: str = Field(min_length=1, max_length=200, description="A label for the key, e.g. 'production'.")
+    name: Text = Field(min_length=1, max_length=200, description="A label for the key, e.g. 'production'.")
     expires_at: AwareDatetime = Field(
         default=None, description="When the key stops working (ISO 8601 with zone)."
     )
-    scopes: list[str] | None = Field(
+    scopes: list[Scope] | None = Field(
         default=None,
         description="Scopes to grant, e.g. ['gpu:read', 'models:read']; omit for all the caller's scopes.",
     )
-    budget: dict[str, Limit] | None = Field(
+    budget: dict[WindowName, Limit] | None = Field(
         default=None,
         max_length=20,
+        json_schema_extra={"additionalProperties": False},
         description="The key's own spending limits, window -> USD (e.g. {'daily': 20}), on top of yours.",
     )
 
@@ -97,8 +99,6 @@ async def create_api_key(ctx: ToolContext, args: CreateApiKeyInput) -> CreateApi
     hash is kept. Give each agent its own key with only the scopes it needs and, with ``budget``, its own
     spending limits; a key can never hold a scope the credential creating it lacks."""
     caller = ctx.caller()
-    for window in args.budget or {}:
-        window_seconds(window)
     key, plaintext = await ctx.services.accounts.create_api_key(
         caller, args.name, args.expires_at, args.scopes
     )
@@ -130,7 +130,7 @@ async def list_api_keys(ctx: ToolContext, args: NoInput) -> ApiKeyList:
 
 
 class RevokeApiKeyInput(Input):
-    key_id: str = Field(max_length=64, description="The key's id, from list_api_keys.")
+    key_id: Text = Field(max_length=64, description="The key's id, from list_api_keys.")
 
 
 class RevokeApiKeyOutput(BaseModel):
@@ -180,8 +180,8 @@ async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
 
 
 class ListUsersInput(Input):
-    limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    limit: Annotated[int, IntegerNumber(ge=1, le=1000)] = 100
+    offset: Offset = 0
 
 
 class UserList(BaseModel):

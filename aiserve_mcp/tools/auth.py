@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from aiserve_mcp.tools.common import Email, Input
+from aiserve_mcp.tools.common import Email, Input, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 
@@ -21,7 +21,7 @@ class UserSummary(BaseModel):
 class RegisterInput(Input):
     email: Email
     password: str = Field(min_length=8, max_length=1024, description="At least 8 characters.")
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
 
 
 class RegisterOutput(BaseModel):

@@ -6,41 +6,76 @@ import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aiserve_mcp.billing.gateways import PaymentGateway
 from aiserve_mcp.errors import PaymentDeclined, ServiceUnavailable, ValidationFailed
 from aiserve_mcp.storage.ledger_tables import LedgerTransaction
-from aiserve_mcp.tools.common import Input
+from aiserve_mcp.tools.common import DecimalNumber, Input, IntegerNumber, Offset, Text, any_case_pattern
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
-Amount = Annotated[Decimal, Field(gt=0, le=100_000, max_digits=9, decimal_places=2)]
-_CARD_NUMBER = re.compile(r"(?:\d[ -]?){13,19}")
+Amount = Annotated[Decimal, DecimalNumber(places=2, gt=0, le=100_000)]
+Gateway = Literal["stripe", "sandbox"]
+GATEWAYS = get_args(Gateway)
+# A card number (13 to 19 digits, maybe grouped by spaces or dashes), with blanks around it.
+_CARD_NUMBER = r"[ \t\n\r\f\v]*(?:[0-9][ -]?){13,19}[ \t\n\r\f\v]*"
+
+
+def _not_a_card_number(value: str) -> str:
+    if re.fullmatch(_CARD_NUMBER, value):
+        raise ValueError("card numbers must never be sent here; send a Stripe token or PaymentMethod id")
+    return value
+
+
+PaymentReference = Annotated[
+    str,
+    Field(min_length=1, max_length=255, json_schema_extra={"not": {"pattern": f"^{_CARD_NUMBER}$"}}),
+    AfterValidator(_not_a_card_number),
+]
 
 
 class PaymentPreference(Input):
-    type: Literal["card"] = "card"
-    card_token: str | None = Field(default=None, max_length=255, examples=["tok_visa"])
-    payment_method: str | None = Field(default=None, max_length=255, examples=["pm_card_visa"])
+    """How to pay: a Stripe card token or PaymentMethod id (at least one of them), never a card number."""
 
-    @field_validator("card_token", "payment_method")
-    @classmethod
-    def _no_card_numbers(cls, value: str | None) -> str | None:
-        if value is not None and _CARD_NUMBER.fullmatch(value.strip()):
-            raise ValueError("card numbers must never be sent here; send a Stripe token or PaymentMethod id")
-        return value
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("card_token", "payment_method")
+            ]
+        }
+    )
+
+    type: Literal["card"] = "card"
+    card_token: PaymentReference | None = Field(default=None, examples=["tok_visa"])
+    payment_method: PaymentReference | None = Field(default=None, examples=["pm_card_visa"])
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> PaymentPreference:
+        if self.card_token is None and self.payment_method is None:
+            raise ValueError("payment_preference needs card_token or payment_method")
+        return self
+
+    @property
+    def method(self) -> str:
+        """What to charge: the PaymentMethod id, else the card token."""
+        method = self.payment_method or self.card_token
+        assert method is not None
+        return method
 
 
 class PaymentInput(Input):
     amount: Amount = Field(description="USD to add as credits.")
     currency: Literal["USD", "usd"] = "USD"
-    provider: Literal["stripe", "sandbox"] | None = Field(default=None, description="Default: X-Billing.")
+    provider: Gateway | None = Field(default=None, description="Default: X-Billing.")
     payment_preference: PaymentPreference
-    billing_provider: str | None = Field(default=None, description="The X-Billing header.")
+    billing_provider: str | None = Field(
+        default=None, pattern=any_case_pattern(GATEWAYS), description="The X-Billing header."
+    )
     preferred_payment: str | None = Field(default=None, description="The X-Preferred-Payment header.")
-    idempotency_key: str | None = Field(
+    idempotency_key: Text | None = Field(
         default=None,
         min_length=1,
         max_length=200,
@@ -103,15 +138,12 @@ async def create_payment(ctx: ToolContext, args: PaymentInput) -> PaymentOutput:
     next_action_url and is credited when it completes. A declined card is PAYMENT_DECLINED (402)."""
     caller = ctx.caller()
     gateway = _gateway(ctx, args.provider or args.billing_provider)
-    method = args.payment_preference.payment_method or args.payment_preference.card_token
-    if not method:
-        raise ValidationFailed("payment_preference needs card_token or payment_method")
     key = args.idempotency_key or f"pay-{uuid.uuid4()}"
     amount = args.amount
     charge = await gateway.charge(
         amount_minor=int(amount * 100),
         currency="usd",
-        payment_method=method,
+        payment_method=args.payment_preference.method,
         idempotency_key=f"{caller.user_id}:{key}",
         description="aiserve credits",
         metadata={"user_id": caller.user_id},
@@ -144,8 +176,8 @@ async def create_payment(ctx: ToolContext, args: PaymentInput) -> PaymentOutput:
 
 
 class PageInput(Input):
-    limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0)
+    limit: Annotated[int, IntegerNumber(ge=1, le=500)] = 50
+    offset: Offset = 0
 
 
 class TransactionsOutput(BaseModel):

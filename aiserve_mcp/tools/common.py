@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from decimal import Decimal
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 def _normalise_email(value: str) -> str:
@@ -24,8 +37,74 @@ def _require_zone(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
 
-Email = Annotated[str, Field(max_length=320, description="Email address."), AfterValidator(_normalise_email)]
+def _json_number(value: object) -> object:
+    """Refuse what JSON does not carry as a number (strings, booleans) before a numeric check converts it."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError(f"must be a JSON number, not {type(value).__name__} {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DecimalNumber:
+    """An exact decimal amount sent as a JSON number: ``Annotated[Decimal, DecimalNumber(...)]``.
+
+    Strings and booleans are refused rather than converted; at most ``places`` decimal places are
+    accepted. The schema says the same: a number between the bounds whose ``multipleOf`` is the smallest
+    step (``0.01`` for two places)."""
+
+    places: int
+    le: int
+    gt: int | None = None
+    ge: int | None = None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        gt, ge = (None if bound is None else Decimal(bound) for bound in (self.gt, self.ge))
+        decimal = core_schema.decimal_schema(gt=gt, ge=ge, le=Decimal(self.le), decimal_places=self.places)
+        return core_schema.no_info_before_validator_function(_json_number, decimal)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        bounds = {"exclusiveMinimum": self.gt, "minimum": self.ge, "maximum": self.le}
+        return {
+            "type": "number",
+            **{keyword: bound for keyword, bound in bounds.items() if bound is not None},
+            "multipleOf": 10.0**-self.places,
+        }
+
+
+@dataclass(frozen=True)
+class IntegerNumber:
+    """An integer from ``ge`` to ``le`` sent as a JSON number: ``Annotated[int, IntegerNumber(...)]``.
+
+    ``2`` and ``2.0`` (an integer to JSON Schema) are accepted; strings and booleans are refused rather
+    than converted."""
+
+    ge: int
+    le: int
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(
+            _json_number, core_schema.int_schema(ge=self.ge, le=self.le)
+        )
+
+
+def any_case_pattern(words: Iterable[str]) -> str:
+    """A regular expression (ECMA 262 and Python alike) that matches exactly one of ``words`` (letters and
+    digits) in any letter case: what a case-insensitive comparison accepts, for a schema's ``pattern``."""
+    spelled = ("".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in w) for w in words)
+    return f"^(?:{'|'.join(spelled)})$"
+
+
+Email = Annotated[
+    str,
+    Field(max_length=320, description="Email address.", json_schema_extra={"format": "email"}),
+    AfterValidator(_normalise_email),
+]
 AwareDatetime = Annotated[datetime | None, AfterValidator(_require_zone)]
+# Text that is stored or looked up: PostgreSQL text cannot hold the NUL character.
+Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+Offset = Annotated[int, IntegerNumber(ge=0, le=2**31 - 1), Field(description="Items to skip (paging).")]
 
 
 class Input(BaseModel):

@@ -11,25 +11,33 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from aiserve_mcp.providers.base import OfferQuery
 from aiserve_mcp.services.gpu_catalog import TIERS, VENDORS, Tier, default_catalog
 from aiserve_mcp.services.gpu_selection import Candidate, Criteria, Priority, rank
-from aiserve_mcp.tools.common import Input, NoInput
+from aiserve_mcp.tools.common import DecimalNumber, Input, IntegerNumber, NoInput, any_case_pattern
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 
 def _canonical_vendor(value: str) -> str:
     for vendor in VENDORS:
-        if vendor.lower() == value.strip().lower():
+        if vendor.lower() == value.lower():
             return vendor
     raise ValueError(f"unknown vendor {value!r}; use one of {', '.join(VENDORS)}")
 
 
-Vendor = Annotated[str, AfterValidator(_canonical_vendor)]
-Price = Annotated[Decimal, Field(gt=0, le=10_000, max_digits=12, decimal_places=4)]
+Vendor = Annotated[
+    str,
+    Field(
+        description="NVIDIA, AMD or Intel, in any letter case.",
+        json_schema_extra={"pattern": any_case_pattern(VENDORS)},
+    ),
+    AfterValidator(_canonical_vendor),
+]
+Price = Annotated[Decimal, DecimalNumber(places=4, gt=0, le=10_000)]
+VramGb = Annotated[int, IntegerNumber(ge=0, le=1024)]
 
 
 class PreferenceFields(Input):
     preferred_vendors: list[Vendor] = Field(default_factory=list, max_length=len(VENDORS))
     preferred_tiers: list[Tier] = Field(default_factory=list, max_length=len(TIERS))
-    min_vram: int = Field(default=0, ge=0, le=1024, description="Minimum GPU memory in GB.")
+    min_vram: VramGb = Field(default=0, description="Minimum GPU memory in GB.")
     max_price_per_hour: Price | None = Field(default=None, description="Maximum USD per hour.")
     priority: Priority = "balanced"
 
@@ -113,7 +121,9 @@ class PreviewInput(Input):
     overrides: PreferenceFields | None = Field(
         default=None, description="Preferences to try instead of the saved ones (nothing is saved)."
     )
-    alternatives: int = Field(default=5, ge=0, le=50, description="How many runners-up to return.")
+    alternatives: Annotated[int, IntegerNumber(ge=0, le=50)] = Field(
+        default=5, description="How many runners-up to return."
+    )
 
 
 async def saved_preferences(ctx: ToolContext) -> PreferenceFields:
@@ -188,7 +198,7 @@ class CatalogList(BaseModel):
 class CatalogFilter(Input):
     vendor: Vendor | None = None
     tier: Tier | None = None
-    min_vram: int = Field(default=0, ge=0)
+    min_vram: VramGb = Field(default=0, description="Minimum GPU memory in GB.")
 
 
 async def _mean_prices(ctx: ToolContext) -> dict[str, float]:

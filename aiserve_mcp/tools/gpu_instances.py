@@ -14,8 +14,8 @@ from aiserve_mcp.providers.base import Offer, OfferQuery
 from aiserve_mcp.services.gpu_market import MAX_DURATION_HOURS, ItemError, ProviderReport, Reservation
 from aiserve_mcp.services.gpu_selection import Criteria
 from aiserve_mcp.storage.models import GpuContract
-from aiserve_mcp.tools.common import Input
-from aiserve_mcp.tools.gpu import Price, saved_preferences
+from aiserve_mcp.tools.common import Input, IntegerNumber, Text
+from aiserve_mcp.tools.gpu import Price, VramGb, saved_preferences
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 ProviderName = Literal["vastai", "ionet", "local"]
@@ -23,7 +23,7 @@ PoolName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$
 
 
 class OfferFilters(Input):
-    min_vram: int | None = Field(default=None, ge=0, le=1024, description="Minimum VRAM per GPU, in GB.")
+    min_vram: VramGb | None = Field(default=None, description="Minimum VRAM per GPU, in GB.")
     max_price: Price | None = Field(default=None, description="Maximum USD per hour for the whole offer.")
     gpu_model: str | None = Field(default=None, min_length=1, max_length=100, examples=["RTX 4090"])
     location: str | None = Field(default=None, min_length=1, max_length=64, examples=["US"])
@@ -34,7 +34,9 @@ class OfferFilters(Input):
 
 class SearchInput(OfferFilters):
     provider: Literal["all", "vastai", "ionet", "local"] = "all"
-    limit: int = Field(default=500, ge=1, le=10_000, description="Most offers to return, cheapest first.")
+    limit: Annotated[int, IntegerNumber(ge=1, le=10_000)] = Field(
+        default=500, description="Most offers to return, cheapest first."
+    )
 
 
 class OfferOut(BaseModel):
@@ -122,18 +124,20 @@ def _error_out(item: ProviderReport | ItemError) -> ItemErrorOut:
 
 
 class RentConfig(Input):
-    duration_hours: int = Field(
-        default=1, ge=1, le=MAX_DURATION_HOURS, description="Hours to rent; the instance is destroyed after."
+    duration_hours: Annotated[int, IntegerNumber(ge=1, le=MAX_DURATION_HOURS)] = Field(
+        default=1, description="Hours to rent; the instance is destroyed after."
     )
     auto_renew: bool = Field(
-        default=False, description="Keep metered instances past duration_hours (not for prepaid io.net)."
+        default=False,
+        strict=True,
+        description="Keep metered instances past duration_hours (not for prepaid io.net).",
     )
     pool: PoolName = Field(default="default", description="The load-balancing pool the instance joins.")
 
 
 class RentInput(RentConfig):
     provider: ProviderName
-    instance_id: str = Field(
+    instance_id: Text = Field(
         min_length=1, max_length=140, description="The offer to rent: its 'id' or 'provider_offer'."
     )
 
@@ -213,7 +217,9 @@ async def rent_gpu_instance(ctx: ToolContext, args: RentInput) -> ContractOut:
 
 class InstanceRef(Input):
     provider: ProviderName
-    instance_id: str = Field(min_length=1, max_length=140, description="Contract id or provider instance id.")
+    instance_id: Text = Field(
+        min_length=1, max_length=140, description="Contract id or provider instance id."
+    )
 
 
 class DestroyOutput(BaseModel):
@@ -244,7 +250,7 @@ class ReserveFilters(OfferFilters):
 
 
 class ReserveInput(Input):
-    count: int = Field(ge=1, le=64, description="How many instances to rent.")
+    count: Annotated[int, IntegerNumber(ge=1, le=64)] = Field(description="How many instances to rent.")
     filters: ReserveFilters = Field(default_factory=ReserveFilters)
     config: RentConfig = Field(default_factory=RentConfig)
 
@@ -329,10 +335,13 @@ async def reserve_gpus(ctx: ToolContext, args: ReserveInput) -> ReserveOutput:
     )
 
 
+BatchCount = Annotated[int, IntegerNumber(ge=0, le=32)]
+
+
 class BatchInput(Input):
-    vastai_count: int = Field(default=0, ge=0, le=32)
-    ionet_count: int = Field(default=0, ge=0, le=32)
-    local_count: int = Field(default=0, ge=0, le=32)
+    vastai_count: BatchCount = 0
+    ionet_count: BatchCount = 0
+    local_count: BatchCount = 0
     filters: OfferFilters = Field(default_factory=OfferFilters)
     config: RentConfig = Field(default_factory=RentConfig)
 
@@ -373,7 +382,7 @@ async def batch_rent_gpu_instances(ctx: ToolContext, args: BatchInput) -> BatchO
 
 
 class ContractsInput(Input):
-    active: bool = Field(default=True, description="Only provisioning and running instances.")
+    active: bool = Field(default=True, strict=True, description="Only provisioning and running instances.")
 
 
 class ContractList(BaseModel):
@@ -390,7 +399,7 @@ async def list_gpu_contracts(ctx: ToolContext, args: ContractsInput) -> Contract
 
 
 class ContractRef(Input):
-    contract_id: str = Field(min_length=1, max_length=40)
+    contract_id: Text = Field(min_length=1, max_length=40)
 
 
 @tool(scope="gpu:read", annotations=Annotations("One GPU instance", open_world=True))

@@ -5,16 +5,59 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
-from aiserve_mcp.billing.guardrails import key_scope, user_scope, window_seconds, window_view
+from aiserve_mcp.billing.guardrails import (
+    MAX_WINDOW_S,
+    NAMED_WINDOWS,
+    key_scope,
+    user_scope,
+    window_seconds,
+    window_view,
+)
 from aiserve_mcp.errors import NotFound
 from aiserve_mcp.services.spend_store import WindowLimit, WindowTotal
-from aiserve_mcp.tools.common import Input, NoInput
+from aiserve_mcp.tools.common import DecimalNumber, Input, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
-Money = Annotated[Decimal, Field(gt=0, le=1_000_000, max_digits=13, decimal_places=6)]
-Limit = Annotated[Decimal, Field(ge=0, le=10_000_000, max_digits=14, decimal_places=2)]
+Money = Annotated[Decimal, DecimalNumber(places=6, gt=0, le=1_000_000)]
+Limit = Annotated[Decimal, DecimalNumber(places=2, ge=0, le=10_000_000)]
+# What window_seconds accepts, as one pattern for the schema: a named window, or <n><unit> where n has at
+# most six digits and the window lasts at most MAX_WINDOW_S.
+UNIT_SECONDS = {unit: window_seconds(f"1{unit}") for unit in "smhdw"}
+MAX_DURATION_COUNT = 999_999
+
+
+def _digits(count: int) -> str:
+    if count <= 1:
+        return "[0-9]" * count
+    return f"[0-9]{{{count}}}"
+
+
+def _integers_up_to(top: int) -> str:
+    """A regular expression alternation for the decimal integers 1 to ``top``, without leading zeros:
+    every shorter number, then each number of ``top``'s length that is smaller at one digit, then ``top``."""
+    digits = str(top)
+    width = len(digits)
+    shorter = [f"[1-9][0-9]{{0,{width - 2}}}"] if width > 1 else []
+    same_length = [
+        f"{digits[:i]}[{1 if i == 0 else 0}-{int(d) - 1}]{_digits(width - i - 1)}"
+        for i, d in enumerate(digits)
+        if int(d) > (1 if i == 0 else 0)
+    ]
+    return "|".join([*shorter, *same_length, digits])
+
+
+_DURATIONS = [
+    f"(?:{_integers_up_to(min(MAX_DURATION_COUNT, MAX_WINDOW_S // seconds))}){unit}"
+    for unit, seconds in UNIT_SECONDS.items()
+]
+WINDOW_PATTERN = f"^(?:{'|'.join([*NAMED_WINDOWS, *_DURATIONS])})$"
+WindowName = Annotated[
+    str,
+    StringConstraints(pattern=WINDOW_PATTERN),
+    Field(description="hourly, daily, weekly, monthly, or a duration up to a year such as 5m, 72h, 2d, 4w."),
+]
 
 
 class Window(BaseModel):
@@ -60,7 +103,7 @@ async def get_spending(ctx: ToolContext, args: NoInput) -> SpendingOutput:
 
 class RecordInput(Input):
     amount: Money = Field(description="USD spent.")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: Text | None = Field(default=None, min_length=1, max_length=200)
 
 
 class RecordOutput(BaseModel):
@@ -114,7 +157,9 @@ async def check_spending(ctx: ToolContext, args: CheckInput) -> CheckOutput:
 
 
 class ResetInput(Input):
-    window_name: str | None = Field(default=None, max_length=40, description="Omitted: every window.")
+    window_name: WindowName | None = Field(
+        default=None, description="One of your windows; omitted: every window."
+    )
 
 
 class MessageOutput(BaseModel):
@@ -160,9 +205,10 @@ async def get_spending_limits(ctx: ToolContext, args: LimitsInput) -> LimitsOutp
 
 
 class SetLimitsInput(LimitsInput):
-    limits: dict[str, Limit | None] = Field(
+    limits: dict[WindowName, Limit | None] = Field(
         min_length=1,
         max_length=20,
+        json_schema_extra={"additionalProperties": False},
         description="Window -> USD limit (null removes it). Windows: hourly, daily, weekly, monthly or a "
         "duration such as 5m, 72h, 2d.",
     )
@@ -173,8 +219,6 @@ async def set_spending_limits(ctx: ToolContext, args: SetLimitsInput) -> LimitsO
     """Set your limits per window, or an API key's own budget (api_key_id) so an agent gets its own
     allowance. Lowering a limit or adding a key budget needs guardrails:write; raising or removing a limit
     needs guardrails:admin (a login has it; give agents' keys only guardrails:write)."""
-    for name in args.limits:
-        window_seconds(name)
     scope = await _scope(ctx, args.api_key_id)
     limits = await ctx.services.costs.guardrails.set_limits(ctx.caller(), scope, args.limits)
     return LimitsOutput(

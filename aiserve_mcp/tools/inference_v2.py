@@ -3,17 +3,32 @@ work with an API key. A model is addressed by its id or its name (the newest of 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from aiserve_mcp.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import ANY_DTYPE, to_python
-from aiserve_mcp.tools.common import Input, NoInput
+from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
-DATATYPES = {
+Datatype = Literal[
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+]
+DATATYPES: dict[Datatype, str] = {
     "BOOL": "bool",
     "UINT8": "uint8",
     "UINT16": "uint16",
@@ -54,7 +69,7 @@ async def v2_ready(ctx: ToolContext, args: NoInput) -> Ready:
 
 
 class ModelName(Input):
-    model_name: str = Field(min_length=1, max_length=200)
+    model_name: Text = Field(min_length=1, max_length=200)
 
 
 class TensorMeta(BaseModel):
@@ -108,10 +123,13 @@ async def v2_model_ready(ctx: ToolContext, args: ModelName) -> ModelReady:
     return ModelReady(name=row.name, ready=row.status == "ready")
 
 
+Dimension = Annotated[int, IntegerNumber(ge=0, le=2**31 - 1)]
+
+
 class InferTensor(Input):
     name: str = Field(min_length=1, max_length=200)
-    shape: list[int] = Field(max_length=16)
-    datatype: str
+    shape: list[Dimension] = Field(max_length=16)
+    datatype: Datatype
     data: list[Any]
     parameters: dict[str, Any] = Field(default_factory=dict)
 
@@ -143,10 +161,6 @@ class InferOutput(BaseModel):
 
 
 def _reshape(tensor: InferTensor) -> Any:
-    if tensor.datatype not in DATATYPES:
-        raise ValidationFailed(f"input '{tensor.name}': unknown datatype {tensor.datatype!r}")
-    if any(d < 0 for d in tensor.shape):
-        raise ValidationFailed(f"input '{tensor.name}': shape {tensor.shape} has a negative dimension")
     flat = np.asarray(tensor.data, dtype=object).reshape(-1)
     if flat.size != int(np.prod(tensor.shape)):
         raise ValidationFailed(f"input '{tensor.name}': {flat.size} values do not fill shape {tensor.shape}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from aiserve_mcp.errors import NotFound, PayloadTooLarge
 from aiserve_mcp.services.balancer import STRATEGIES, Strategy
@@ -17,6 +17,9 @@ from aiserve_mcp.tools.gpu_instances import PoolName
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# What HTTP carries: a header name is a token; a value is visible ASCII with inner spaces or tabs.
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+HeaderValue = Annotated[str, StringConstraints(pattern=r"^(?:[!-~](?:[ \t]*[!-~])*)?$")]
 
 
 class PoolInput(Input):
@@ -131,9 +134,16 @@ class ProxyInput(Input):
         max_length=140,
         description="Contract id, provider instance id or pool name; omitted: the 'default' pool.",
     )
-    path: str = Field(pattern=r"^/([^/\s#][^\s#]*)?$", max_length=2048, examples=["/v1/inference"])
+    path: str = Field(
+        pattern=r"^/(?:[^/#\x00-\x20\x7f][^#\x00-\x20\x7f]*)?$",
+        max_length=2048,
+        examples=["/v1/inference"],
+        description="A path (and query) on the instance: no fragment, spaces or control characters.",
+    )
     payload: Any = Field(default=None, description="JSON body sent to the instance.")
-    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+    headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict, max_length=50, json_schema_extra={"additionalProperties": False}
+    )
 
     def call(self) -> ProxyCall:
         return ProxyCall(self.method, self.path, self.target, self.payload, self.headers)

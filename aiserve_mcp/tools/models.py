@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from pydantic import BaseModel, Field, field_serializer
@@ -13,10 +13,11 @@ from aiserve_mcp.errors import Conflict, ValidationFailed
 from aiserve_mcp.runtime.formats import FORMATS, detect, servability
 from aiserve_mcp.runtime.tensors import to_python
 from aiserve_mcp.storage.model_tables import ServedModel
-from aiserve_mcp.tools.common import Input, NoInput
+from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 REPLICAS_DOC = "Copies of the model serving requests in parallel (at most AISERVE_MODEL_MAX_REPLICAS)."
+MAX_REPLICAS = 64  # the highest AISERVE_MODEL_MAX_REPLICAS a server accepts
 BATCH_DOC = "Most rows one batched run carries (default AISERVE_MODEL_MAX_BATCH); 1 turns batching off."
 DELAY_DOC = "How long an idle replica may wait for a batch to fill, in ms; 0 (default) never waits."
 
@@ -30,13 +31,19 @@ def _check_replicas(ctx: ToolContext, replicas: int | None) -> None:
 
 
 class UploadFields(Input):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    format: str | None = Field(default=None, max_length=32, description="A hint; the bytes decide.")
-    framework: str | None = Field(default=None, max_length=64)
-    version: str = Field(default="1.0.0", min_length=1, max_length=64)
+    """The form fields of an upload. They arrive as text, so numbers and booleans are read from it."""
+
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
+    format: str | None = Field(
+        default=None,
+        description="A hint: the bytes decide, and must show this format.",
+        json_schema_extra={"enum": [f.id for f in FORMATS]},
+    )
+    framework: Text | None = Field(default=None, max_length=64)
+    version: Text = Field(default="1.0.0", min_length=1, max_length=64)
     gpu_required: bool = False
-    gpu_type: str | None = Field(default=None, max_length=64)
-    replicas: int = Field(default=1, ge=1, description=REPLICAS_DOC)
+    gpu_type: Text | None = Field(default=None, max_length=64)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS, description=REPLICAS_DOC)
     max_batch_size: int | None = Field(default=None, ge=1, le=4096, description=BATCH_DOC)
     max_queue_delay_ms: float = Field(default=0.0, ge=0, le=1000, description=DELAY_DOC)
 
@@ -52,8 +59,9 @@ class UploadOutput(BaseModel):
 
 def _safe_name(filename: str | None) -> str:
     """The last component of a client's file name, for display only (never a path)."""
-    base = (filename or "model").replace("\\", "/").rsplit("/", 1)[-1].strip() or "model"
-    return base[:200]
+    base = (filename or "model").replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(c for c in base if c.isprintable()).strip()  # no NUL or control characters
+    return printable[:200] or "model"
 
 
 async def upload_model(
@@ -134,7 +142,7 @@ async def list_models(ctx: ToolContext, args: NoInput) -> ModelList:
 
 
 class ModelRef(Input):
-    model_id: str = Field(min_length=1, max_length=36)
+    model_id: Text = Field(min_length=1, max_length=36)
 
 
 class ModelDetails(BaseModel):
@@ -206,11 +214,17 @@ async def delete_model(ctx: ToolContext, args: ModelRef) -> Message:
 
 
 class ServingSettings(ModelRef):
-    replicas: int | None = Field(default=None, ge=1, description=REPLICAS_DOC)
-    max_batch_size: int | None = Field(default=None, ge=1, le=4096, description=BATCH_DOC)
-    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=1000, description=DELAY_DOC)
+    replicas: Annotated[int, IntegerNumber(ge=1, le=MAX_REPLICAS)] | None = Field(
+        default=None, description=REPLICAS_DOC
+    )
+    max_batch_size: Annotated[int, IntegerNumber(ge=1, le=4096)] | None = Field(
+        default=None, description=BATCH_DOC
+    )
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=1000, strict=True, description=DELAY_DOC)
     gpu_required: bool | None = Field(
-        default=None, description="Run only on a GPU: this host's, or your rented GPU instances'."
+        default=None,
+        strict=True,
+        description="Run only on a GPU: this host's, or your rented GPU instances'.",
     )
 
 
