@@ -303,10 +303,15 @@ def test_path_parameters_are_not_body_fields_and_bodies_are_required_only_when_t
             continue
         body = resolve(operation["requestBody"]["content"]["application/json"]["schema"])
         assert not in_path & set(body.get("properties", {})), route
-        assert operation["requestBody"]["required"] == bool(body.get("required")), route
+        # Required when a body field is, or when the route exists to set something (an empty body
+        # would otherwise apply every default silently).
+        required = bool(body.get("required")) or route.body_required
+        assert operation["requestBody"]["required"] == required, route
     configure = DOCUMENT["paths"]["/api/v1/models/{model_id}"]["patch"]
     rent = DOCUMENT["paths"]["/api/v1/gpu/instances/{provider}/{instance_id}"]["post"]
-    assert configure["requestBody"]["required"] is False and rent["requestBody"]["required"] is False
+    assert configure["requestBody"]["required"] is True and rent["requestBody"]["required"] is True
+    test = DOCUMENT["paths"]["/api/v1/gpu/preferences/test"]["post"]  # the API reference sends no body
+    assert test["requestBody"]["required"] is False
     payment = DOCUMENT["paths"]["/api/v1/billing/payment"]["post"]
     headers = {p["name"] for p in payment["parameters"] if p["in"] == "header"}
     assert headers == {"X-Billing", "X-Preferred-Payment", "Idempotency-Key"}

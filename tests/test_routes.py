@@ -12,6 +12,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.tools import REGISTRY
+from tests.conftest import Account
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "api-reference.md"
 SPEC_ROUTE = re.compile(r"```http\n(GET|POST|PUT|DELETE|PATCH) (\S+)")
@@ -96,3 +97,17 @@ async def test_a_wrong_method_lists_the_methods_the_path_takes(client: httpx.Asy
     refused = await client.patch("/api/v1/gpu/preferences", json={})
     assert refused.status_code == 405 and refused.json()["code"] == "METHOD_NOT_ALLOWED"
     assert set(refused.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+async def test_an_empty_body_is_refused_where_the_route_needs_one(
+    client: httpx.AsyncClient, account: Account
+) -> None:
+    for body in (b"", b"\r\n "):
+        refused = await client.post("/api/v1/gpu/preferences", content=body, headers=account.headers)
+        assert refused.status_code == 400 and refused.json()["code"] == "VALIDATION_ERROR"
+        assert "needs a JSON object body" in refused.json()["error"]
+    assert (await client.post("/api/v1/auth/login", content=b"")).status_code == 400
+    # {} is an explicit "every default"; a route whose body the API reference leaves out takes none.
+    assert (await client.post("/api/v1/gpu/preferences", json={}, headers=account.headers)).status_code == 200
+    tested = await client.post("/api/v1/gpu/preferences/test", headers=account.headers)
+    assert tested.status_code == 200, tested.text

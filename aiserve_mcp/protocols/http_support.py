@@ -63,10 +63,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object (``{}`` when empty), refusing bodies over ``limit`` bytes."""
+async def read_json_object(request: Request, limit: int, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object, refusing bodies over ``limit`` bytes. An empty (or blank) body
+    is refused when ``required``, else read as ``{}``."""
     body = await read_body(request, limit)
     if not body.strip():
+        if required:
+            raise ValidationFailed("this request needs a JSON object body ({} takes every default)")
         return {}
     try:
         data = orjson.loads(body)

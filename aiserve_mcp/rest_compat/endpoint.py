@@ -64,7 +64,11 @@ def query_value(text: str, types: frozenset[str]) -> Any:
 
 
 async def bind_arguments(
-    request: Request, fields: FieldTypes, limit: int, headers: tuple[tuple[str, str], ...] = ()
+    request: Request,
+    fields: FieldTypes,
+    limit: int,
+    headers: tuple[tuple[str, str], ...] = (),
+    body_required: bool = False,
 ) -> dict[str, Any]:
     """Merge the JSON body (POST/PUT/PATCH) or the query string (GET/DELETE) with the path parameters and
     the route's bound headers. Query parameters the tool does not take are ignored (cache busters and the
@@ -74,7 +78,7 @@ async def bind_arguments(
             k: query_value(v, fields[k]) for k, v in request.query_params.items() if k in fields
         }
     else:
-        arguments = await read_json_object(request, limit)
+        arguments = await read_json_object(request, limit, body_required)
     arguments.update(request.path_params)
     arguments.update({field: request.headers[name] for name, field in headers if name in request.headers})
     return arguments
@@ -83,12 +87,13 @@ async def bind_arguments(
 def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     tool = registry.get(route.tool)
     fields = field_types(tool.input_model)
+    needs_body = route.needs_body(tool.input_model)
 
     async def endpoint(request: Request) -> Response:
         services = services_of(request.scope)
         try:
             arguments = await bind_arguments(
-                request, fields, services.settings.max_request_body_bytes, route.headers
+                request, fields, services.settings.max_request_body_bytes, route.headers, needs_body
             )
             ctx = ToolContext(
                 services=services,
@@ -109,6 +114,7 @@ def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     """A route that relays an upstream answer as is: its status, headers and body, streamed."""
     tool = registry.get(route.tool)
     fields = field_types(tool.input_model)
+    needs_body = route.needs_body(tool.input_model)
     assert route.stream is not None
     open_stream = route.stream
 
@@ -116,7 +122,8 @@ def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
         services = services_of(request.scope)
         stack = AsyncExitStack()
         try:
-            arguments = await bind_arguments(request, fields, services.settings.max_request_body_bytes)
+            limit = services.settings.max_request_body_bytes
+            arguments = await bind_arguments(request, fields, limit, body_required=needs_body)
             principal = principal_of(request.scope)
             tool.authorize(principal)
             ctx = ToolContext(
@@ -167,14 +174,14 @@ def _by_method(endpoints: Mapping[str, Endpoint]) -> Endpoint:
 
 def rest_routes(registry: ToolRegistry) -> list[Route]:
     """Starlette routes for the whole table: one route per path, so that a 405 lists (in ``Allow``) every
-    method the path takes."""
+    method the path takes. The fixed paths come first: ``/api/v1/models/upload`` would otherwise match
+    ``/api/v1/models/{model_id}`` and answer a wrong method with that path's methods."""
     by_path: dict[str, dict[str, Endpoint]] = {}
     for r in ROUTES:
         endpoint = (stream_endpoint if r.stream else tool_endpoint)(r, registry)
         by_path.setdefault(r.path, {})[r.method] = endpoint
-    routes = [
-        Route(path, _by_method(endpoints), methods=list(endpoints)) for path, endpoints in by_path.items()
+    return [
+        Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]),
+        Route(UPLOAD_PATH, model_upload, methods=["POST"]),
+        *(Route(path, _by_method(endpoints), methods=list(endpoints)) for path, endpoints in by_path.items()),
     ]
-    routes.append(Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]))
-    routes.append(Route(UPLOAD_PATH, model_upload, methods=["POST"]))
-    return routes

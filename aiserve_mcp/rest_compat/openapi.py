@@ -7,7 +7,6 @@ its success statuses with the tool's output, and the error statuses with the err
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from copy import deepcopy
 from functools import cache
@@ -32,7 +31,6 @@ ERROR_REF = {"$ref": REF.format(model="Error")}
 BODY_METHODS = ("POST", "PUT", "PATCH")
 # Every operation may fail unexpectedly (500) or while a dependency it needs is down (503).
 ALWAYS = (500, 503)
-_PATH_PARAM = re.compile(r"{(\w+)}")
 _ERROR_SCHEMA = {
     "type": "object",
     "required": ["error", "code"],
@@ -146,14 +144,14 @@ class _Builder:
         assert isinstance(schema, dict)
         return schema
 
-    def body(self, model: type[BaseModel], taken: Iterable[str]) -> tuple[dict[str, Any], bool]:
+    def body(self, model: type[BaseModel], taken: Iterable[str]) -> dict[str, Any]:
         """The JSON body schema: the input model less the fields taken elsewhere (a component of its
-        own), and whether a body field is required."""
+        own)."""
         schema = self.schema_of(model)
         taken = set(taken)
         required = [name for name in schema.get("required", ()) if name not in taken]
         if not taken & set(schema.get("properties", {})):
-            return self.ref(model, "validation"), bool(required)
+            return self.ref(model, "validation")
         body = deepcopy(schema)
         body["properties"] = {k: v for k, v in schema["properties"].items() if k not in taken}
         body["required"] = required
@@ -162,7 +160,7 @@ class _Builder:
         body["title"] = f"{schema.get('title', model.__name__)} (body)"
         name = f"{model.__name__}Body"
         self.components[name] = body
-        return {"$ref": REF.format(model=name)}, bool(required)
+        return {"$ref": REF.format(model=name)}
 
     def responses(self, route: RestRoute, tool: Tool) -> dict[str, Any]:
         if route.stream is not None:
@@ -190,7 +188,7 @@ class _Builder:
         schema = self.schema_of(tool.input_model)
         properties: dict[str, Any] = schema.get("properties", {})
         required = set(schema.get("required", ()))
-        path_params = _PATH_PARAM.findall(route.path)
+        path_params = route.path_params
         parameters = [_parameter(p, "path", properties[p], True) for p in path_params]
         parameters += [_parameter(h, "header", properties[f], False) for h, f in route.headers]
         taken = [*path_params, *(field for _, field in route.headers)]
@@ -200,10 +198,9 @@ class _Builder:
             "description": tool.description,
         }
         if route.method in BODY_METHODS:
-            body, body_required = self.body(tool.input_model, taken)
             operation["requestBody"] = {
-                "required": body_required,
-                "content": {"application/json": {"schema": body}},
+                "required": route.needs_body(tool.input_model),
+                "content": {"application/json": {"schema": self.body(tool.input_model, taken)}},
             }
         else:
             parameters += [

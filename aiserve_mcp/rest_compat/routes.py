@@ -5,6 +5,7 @@ Path parameters, query parameters (for GET and DELETE) and the JSON body are mer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from aiserve_mcp.tools.lb import open_proxy
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.system import HealthOutput
 
+PATH_PARAM = re.compile(r"{(\w+)}")
 Stream = Callable[[ToolContext, Any], AbstractAsyncContextManager[UpstreamReply]]
 
 
@@ -36,6 +38,19 @@ class RestRoute:
     stream: Stream | None = None  # answer with the upstream's own status, headers and streamed body
     headers: tuple[tuple[str, str], ...] = ()  # (HTTP header, input field) pairs bound like body fields
     errors: tuple[int, ...] = ()
+    body_required: bool = False  # an empty body is refused even though every body field has a default
+
+    @property
+    def path_params(self) -> list[str]:
+        return PATH_PARAM.findall(self.path)
+
+    def needs_body(self, model: type[BaseModel]) -> bool:
+        """Whether an empty body is refused: the route says so (it exists to set something, and would
+        otherwise apply every default silently), or a body field is required."""
+        taken = {*self.path_params, *(field for _, field in self.headers)}
+        return self.body_required or any(
+            info.is_required() for name, info in model.model_fields.items() if name not in taken
+        )
 
 
 def _health_status(out: BaseModel) -> int:
@@ -60,12 +75,12 @@ ROUTES: list[RestRoute] = [
     RestRoute("GET", "/api/v1/user/export", "export_account"),
     RestRoute("GET", "/api/v1/admin/users", "admin_list_users"),
     RestRoute("GET", "/api/v1/gpu/preferences", "get_gpu_preferences"),
-    RestRoute("POST", "/api/v1/gpu/preferences", "set_gpu_preferences"),
+    RestRoute("POST", "/api/v1/gpu/preferences", "set_gpu_preferences", body_required=True),
     RestRoute("POST", "/api/v1/gpu/preferences/test", "test_gpu_preferences"),
     RestRoute("GET", "/api/v1/gpu/available", "list_available_gpus"),
     RestRoute("GET", "/api/v1/gpu/examples", "gpu_preference_examples"),
     RestRoute("GET", "/api/v1/gpu/instances", "search_gpu_offers"),
-    RestRoute("POST", "/api/v1/gpu/instances/batch", "batch_rent_gpu_instances", 201),
+    RestRoute("POST", "/api/v1/gpu/instances/batch", "batch_rent_gpu_instances", 201, body_required=True),
     RestRoute("POST", "/api/v1/gpu/instances/reserve", "reserve_gpus", 201),
     RestRoute(
         "POST",
@@ -73,6 +88,7 @@ ROUTES: list[RestRoute] = [
         "rent_gpu_instance",
         201,
         errors=(402, 409, 502),
+        body_required=True,
     ),
     RestRoute(
         "DELETE", "/api/v1/gpu/instances/{provider}/{instance_id}", "destroy_gpu_instance", errors=(404, 502)
@@ -100,14 +116,14 @@ ROUTES: list[RestRoute] = [
     RestRoute("GET", "/api/v1/guardrails/spending", "get_spending"),
     RestRoute("POST", "/api/v1/guardrails/spending/record", "record_spending", errors=(402,)),
     RestRoute("POST", "/api/v1/guardrails/spending/check", "check_spending", errors=(402,)),
-    RestRoute("POST", "/api/v1/guardrails/spending/reset", "reset_spending"),
+    RestRoute("POST", "/api/v1/guardrails/spending/reset", "reset_spending", body_required=True),
     RestRoute("GET", "/api/v1/guardrails/limits", "get_spending_limits", errors=(404,)),
     RestRoute("PUT", "/api/v1/guardrails/limits", "set_spending_limits", errors=(404,)),
     RestRoute("GET", "/api/v1/models", "list_models"),
     RestRoute("GET", "/api/v1/models/formats", "list_model_formats"),
     RestRoute("GET", "/api/v1/models/{model_id}", "get_model", errors=(404,)),
     RestRoute("DELETE", "/api/v1/models/{model_id}", "delete_model", errors=(404,)),
-    RestRoute("PATCH", "/api/v1/models/{model_id}", "configure_model", errors=(404, 409)),
+    RestRoute("PATCH", "/api/v1/models/{model_id}", "configure_model", errors=(404, 409), body_required=True),
     RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict", errors=(404, 409, 502, 504)),
     RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics", errors=(404,)),
     RestRoute("GET", "/api/v1/quota", "get_quota"),

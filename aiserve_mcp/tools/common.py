@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     StringConstraints,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
@@ -102,15 +103,82 @@ Email = Annotated[
     AfterValidator(_normalise_email),
 ]
 AwareDatetime = Annotated[datetime | None, AfterValidator(_require_zone)]
-# Text that is stored or looked up: PostgreSQL text cannot hold the NUL character.
-Text = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+# Text that is stored or looked up: PostgreSQL text cannot hold the NUL character (every Input refuses it;
+# the schema says so with this pattern).
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
 Offset = Annotated[int, IntegerNumber(ge=0, le=2**31 - 1), Field(description="Items to skip (paging).")]
 
 
+def unstorable_text(value: object, path: str = "") -> str | None:
+    """The path of the first string in ``value`` (keys included, through dicts and lists) that holds a NUL
+    character or a lone surrogate, or None. Neither can be stored as text (PostgreSQL refuses both), and
+    neither belongs in any name, id or setting."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path or "(value)"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path or "(value)"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = unstorable_text(key, where) or unstorable_text(item, where)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, int | float):
+                found = unstorable_text(item, f"{path}.{index}" if path else str(index))
+                if found:
+                    return found
+    return None
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """Add :data:`NO_NUL` to the free-text strings of ``schema`` (in place; through ``anyOf``, array items
+    and map values): strings with no pattern, enum, constant or format of their own."""
+    for branch in schema.get("anyOf", ()):
+        _no_nul(branch)
+    for part in ("items", "additionalProperties"):
+        if isinstance(schema.get(part), dict):
+            _no_nul(schema[part])
+    if schema.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(schema):
+        schema["pattern"] = NO_NUL
+
+
 class Input(BaseModel):
-    """Base of tool inputs: unknown fields are refused so that a misspelt argument is never ignored."""
+    """Base of tool inputs: unknown fields are refused so that a misspelt argument is never ignored, and
+    no text (anywhere in the arguments) may hold a NUL character or a lone surrogate. ``tensor_fields``
+    names fields of numeric data that the model runtime checks itself (skipped here: walking a large
+    tensor element by element would cost more than the prediction)."""
 
     model_config = ConfigDict(extra="forbid")
+    tensor_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema states the text rule too: each free-text property gets a pattern without NUL."""
+        json_schema = handler(schema)
+        resolved = handler.resolve_ref_schema(json_schema)
+        for name, prop in resolved.get("properties", {}).items():
+            if name not in cls.tensor_fields:
+                _no_nul(prop)
+        return json_schema
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            texts = {k: v for k, v in data.items() if k not in cls.tensor_fields}
+            found = unstorable_text(texts)
+            if found:
+                raise ValueError(f"{found}: text must not contain NUL characters or lone surrogates")
+        return data
 
 
 class NoInput(Input):

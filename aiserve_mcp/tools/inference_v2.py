@@ -127,6 +127,8 @@ Dimension = Annotated[int, IntegerNumber(ge=0, le=2**31 - 1)]
 
 
 class InferTensor(Input):
+    tensor_fields = frozenset({"data"})
+
     name: str = Field(min_length=1, max_length=200)
     shape: list[Dimension] = Field(max_length=16)
     datatype: Datatype
@@ -140,6 +142,8 @@ class RequestedOutput(Input):
 
 
 class InferInput(ModelName):
+    tensor_fields = frozenset({"inputs"})  # each tensor checks its own fields
+
     id: str | None = Field(default=None, max_length=200)
     inputs: list[InferTensor] = Field(min_length=1, max_length=64)
     outputs: list[RequestedOutput] | None = None

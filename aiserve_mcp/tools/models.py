@@ -250,6 +250,8 @@ async def configure_model(ctx: ToolContext, args: ServingSettings) -> ModelDetai
 
 
 class PredictInput(ModelRef):
+    tensor_fields = frozenset({"inputs"})
+
     inputs: dict[str, Any] = Field(
         min_length=1,
         description="Input name -> nested list of any shape; a one-input model also takes "
