@@ -247,3 +247,33 @@ async def test_export_has_the_spec_shape(client: httpx.AsyncClient, account: Acc
     }
     assert export["user"]["id"] == account.user_id
     assert "password_hash" not in json.dumps(export)
+
+
+async def test_a_key_made_the_simple_way_cannot_lift_its_own_limits(
+    app: Starlette, client: httpx.AsyncClient, account: Account
+) -> None:
+    simple = await api_key(client, account)
+    me = (await client.get("/api/v1/user/me", headers={"X-API-Key": simple})).json()
+    assert "guardrails:write" in me["scopes"] and "guardrails:admin" not in me["scopes"]
+    raised = await client.put(
+        "/api/v1/guardrails/limits", json={"limits": {"daily": 100000}}, headers={"X-API-Key": simple}
+    )
+    assert raised.status_code == 403 and "guardrails:admin" in raised.text
+    # Nor can it make itself a key that could: a key never grants what its creator lacks.
+    escalated = await client.post(
+        "/api/v1/auth/apikey",
+        json={"name": "x", "scopes": ["guardrails:admin"]},
+        headers={"X-API-Key": simple},
+    )
+    assert escalated.status_code == 403
+    # The owner, signed in, grants it by naming it.
+    named = await api_key(client, account, scopes=["guardrails:admin", "account:read"])
+    me = (await client.get("/api/v1/user/me", headers={"X-API-Key": named})).json()
+    assert me["scopes"] == ["account:read", "guardrails:admin"]
+    # An administrator's simple key is no administrator's key; one naming "admin" is.
+    services: Services = app.state.services
+    await services.accounts.set_admin(account.email, True)
+    refused = await client.get("/api/v1/admin/users", headers={"X-API-Key": await api_key(client, account)})
+    assert refused.status_code == 403
+    admin = await api_key(client, account, scopes=["admin", "account:read"])
+    assert (await client.get("/api/v1/admin/users", headers={"X-API-Key": admin})).status_code == 200

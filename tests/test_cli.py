@@ -56,10 +56,21 @@ async def test_user_admin_and_key_from_the_cli(settings: Settings, server_env: d
     assert duplicate.returncode != 0 and "already exists" in duplicate.stderr
     weak = aiserve(server_env, "user", "create", "--email", "x@example.com", "--password", "short")
     assert weak.returncode != 0
-    key = aiserve(server_env, "key", "create", "--email", "root@example.com", "--scope", "account:read")
+    key = aiserve(
+        server_env,
+        "key",
+        "create",
+        "--email",
+        "root@example.com",
+        "--scope",
+        "account:read",
+        "--scope",
+        "admin",
+    )
     assert key.returncode == 0, key.stderr
     plaintext = key.stdout.strip()
     assert plaintext.startswith("ak_live_")
+    simple = aiserve(server_env, "key", "create", "--email", "root@example.com").stdout.strip()
 
     app = create_app(settings)
     async with running(app):
@@ -68,7 +79,13 @@ async def test_user_admin_and_key_from_the_cli(settings: Settings, server_env: d
             users = await client.get("/api/v1/admin/users", headers={"X-API-Key": plaintext})
             assert users.status_code == 200 and users.json()["users"][0]["is_admin"] is True
             me = (await client.get("/api/v1/user/me", headers={"X-API-Key": plaintext})).json()
-            assert me["scopes"] == ["account:read"]
+            assert me["scopes"] == ["account:read", "admin"]
+            # A key made the simple way cannot lift limits or act as an administrator.
+            plain = (await client.get("/api/v1/user/me", headers={"X-API-Key": simple})).json()
+            assert "guardrails:write" in plain["scopes"]
+            assert not {"guardrails:admin", "admin"} & set(plain["scopes"])
+            refused = await client.get("/api/v1/admin/users", headers={"X-API-Key": simple})
+            assert refused.status_code == 403
 
     demoted = aiserve(server_env, "user", "admin", "--email", "root@example.com", "--revoke")
     assert "no longer an admin" in demoted.stdout

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aiserve_mcp.errors import AuthInvalid, Conflict, Forbidden, NotFound, ValidationFailed
-from aiserve_mcp.services.principal import SCOPES, Principal
+from aiserve_mcp.services.principal import SCOPES, WITHHELD_BY_DEFAULT, Principal
 from aiserve_mcp.services.security import (
     API_KEY_PREFIX,
     TokenSigner,
@@ -218,9 +218,8 @@ class AccountService:
             if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_GRANULARITY:
                 api_key.last_used_at = now
         scopes = frozenset(api_key.scopes) if api_key.scopes is not None else None
-        principal = Principal(
-            user.id, user.email, user.is_admin, "api_key", scopes=scopes, api_key_id=api_key.id
-        )
+        is_admin = user.is_admin and (scopes is None or "admin" in scopes)
+        principal = Principal(user.id, user.email, is_admin, "api_key", scopes=scopes, api_key_id=api_key.id)
         return _Checked(principal, api_key.expires_at)
 
     async def create_api_key(
@@ -230,7 +229,9 @@ class AccountService:
         expires_at: datetime | None,
         scopes: Iterable[str] | None,
     ) -> tuple[ApiKey, str]:
-        """Create a key for the caller. A key can never hold a scope its creator lacks."""
+        """Create a key for the caller. A key can never hold a scope its creator lacks. Without ``scopes``
+        it gets the creator's scopes less :data:`WITHHELD_BY_DEFAULT` (``guardrails:admin`` and
+        ``admin``): those are granted only when asked for by name. ``admin`` needs an administrator."""
         if expires_at is not None and expires_at <= _now():
             raise ValidationFailed("expires_at must be in the future", {"field": "expires_at"})
         requested = None if scopes is None else sorted(set(scopes))
@@ -240,11 +241,16 @@ class AccountService:
                 raise ValidationFailed(
                     f"unknown scopes: {', '.join(unknown)}", {"valid_scopes": sorted(SCOPES)}
                 )
-            missing = [s for s in requested if not principal.has_scope(s)]
+            missing = [
+                s
+                for s in requested
+                if not principal.has_scope(s) or (s == "admin" and not principal.is_admin)
+            ]
             if missing:
                 raise Forbidden(f"a key cannot grant scopes its creator lacks: {', '.join(missing)}")
-        elif principal.scopes is not None:
-            requested = sorted(principal.scopes)
+        else:
+            held = SCOPES.keys() if principal.scopes is None else principal.scopes
+            requested = sorted(set(held) - WITHHELD_BY_DEFAULT)
         plaintext = new_api_key()
         key = ApiKey(
             user_id=principal.user_id,

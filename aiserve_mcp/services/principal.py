@@ -20,12 +20,18 @@ SCOPES: dict[str, str] = {
     "models:read": "List models and run inference.",
     "models:write": "Upload and delete models.",
     "system:read": "Read platform health and statistics.",
+    "admin": "Use the administrator routes (only an administrator's key can hold it).",
 }
+# What a key made without naming its scopes does not get: an agent handed such a key cannot lift its own
+# spending limits or act as an administrator. Only an explicit request grants them.
+WITHHELD_BY_DEFAULT = frozenset({"guardrails:admin", "admin"})
 
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller. ``scopes`` is ``None`` when every scope is granted (logins, default keys)."""
+    """An authenticated caller. ``scopes`` is ``None`` when every scope is granted (logins, and keys made
+    before keys were scoped by default). ``is_admin`` is true only for an administrator's login or a key
+    of theirs holding the ``admin`` scope."""
 
     user_id: str
     email: str

@@ -73,7 +73,8 @@ class CreateApiKeyInput(Input):
     )
     scopes: list[Scope] | None = Field(
         default=None,
-        description="Scopes to grant, e.g. ['gpu:read', 'models:read']; omit for all the caller's scopes.",
+        description="Scopes to grant, e.g. ['gpu:read', 'models:read']; omit for all the caller's scopes "
+        "except guardrails:admin and admin, which are granted only when named.",
     )
     budget: dict[WindowName, Limit] | None = Field(
         default=None,
@@ -97,7 +98,9 @@ class CreateApiKeyOutput(BaseModel):
 async def create_api_key(ctx: ToolContext, args: CreateApiKeyInput) -> CreateApiKeyOutput:
     """Create an API key (``ak_live_...``) for programs and agents. The key is returned once and only its
     hash is kept. Give each agent its own key with only the scopes it needs and, with ``budget``, its own
-    spending limits; a key can never hold a scope the credential creating it lacks."""
+    spending limits; a key can never hold a scope the credential creating it lacks. Without ``scopes`` the
+    key gets the caller's scopes except ``guardrails:admin`` (raising limits, resetting spending) and
+    ``admin``: an agent given such a key cannot lift its own limits. Name them to grant them."""
     caller = ctx.caller()
     key, plaintext = await ctx.services.accounts.create_api_key(
         caller, args.name, args.expires_at, args.scopes
