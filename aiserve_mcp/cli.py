@@ -12,6 +12,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from aiserve_mcp import __version__
 from aiserve_mcp.errors import AiserveError
 from aiserve_mcp.services.container import Services
 from aiserve_mcp.services.principal import SCOPES, Principal
@@ -25,6 +26,32 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The MCP endpoint runs two session managers (streamed and plain JSON answers): each would announce
+    # its start and stop, the same line twice.
+    logging.getLogger("mcp.server.streamable_http_manager").setLevel(logging.WARNING)
+
+
+def banner(settings: Settings, services: Services) -> str:
+    """What ``aiserve serve`` prints before it starts: where it listens, its database (password hidden),
+    which GPU providers and which payment mode are configured."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    database = services.db.engine.url.render_as_string(hide_password=True)
+    providers = ", ".join(name for name, p in services.market.providers.items() if p.configured)
+    if services.payments is None:
+        payments = "off (set AISERVE_STRIPE_API_KEY, or AISERVE_BILLING_SANDBOX=true to try it out)"
+    elif services.payments.name == "sandbox":
+        payments = "sandbox (test cards only; no money moves)"
+    else:
+        payments = services.payments.name
+    return "\n".join(
+        [
+            f"aiserve {__version__} on http://{host}:{settings.port}",
+            f"  database:  {database}",
+            f"  redis:     {'configured' if settings.redis_url else 'off (state kept in this process)'}",
+            f"  providers: {providers}",
+            f"  payments:  {payments}",
+        ]
+    )
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
@@ -32,10 +59,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
     from aiserve_mcp.app import create_app
 
-    host = args.host or settings.host
-    port = args.port or settings.port
+    settings = settings.model_copy(
+        update={"host": args.host or settings.host, "port": args.port or settings.port}
+    )
+    app = create_app(settings)
+    print(banner(settings, app.state.services), file=sys.stderr, flush=True)
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=False
+        app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), proxy_headers=False
     )
 
 
@@ -100,10 +130,32 @@ def _key_create(args: argparse.Namespace, settings: Settings) -> None:
     asyncio.run(_with_services(settings, job))
 
 
+def _key_list(args: argparse.Namespace, settings: Settings) -> None:
+    async def job(services: Services) -> None:
+        user = await services.accounts.user_by_email(args.email.strip().lower())
+        for key in await services.accounts.list_api_keys(user.id):
+            state = "revoked" if key.revoked_at else "active"
+            scopes = "all" if key.scopes is None else ",".join(key.scopes)
+            expires = key.expires_at.isoformat() if key.expires_at else "never"
+            print(f"{key.id}\t{key.prefix}…\t{state}\t{key.name}\texpires {expires}\tscopes {scopes}")
+
+    asyncio.run(_with_services(settings, job))
+
+
+def _key_revoke(args: argparse.Namespace, settings: Settings) -> None:
+    async def job(services: Services) -> None:
+        user = await services.accounts.user_by_email(args.email.strip().lower())
+        key = await services.accounts.revoke_api_key(user.id, args.id)
+        print(f"revoked key {key.id} ({key.name})")
+
+    asyncio.run(_with_services(settings, job))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiserve", description="Agent-native GPU and model-serving platform."
     )
+    parser.add_argument("--version", action="version", version=f"aiserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP server (REST, MCP, metrics)")
@@ -147,9 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         action="append",
         choices=sorted(SCOPES),
-        help="grant only this scope (repeatable; default: all)",
+        help="grant this scope (repeatable; default: all of the user's except guardrails:admin and admin)",
     )
     key_create.set_defaults(run=_key_create)
+    key_list = key.add_parser("list", help="list a user's API keys (never the secrets)")
+    key_list.add_argument("--email", required=True, help="the owner's email")
+    key_list.set_defaults(run=_key_list)
+    key_revoke = key.add_parser("revoke", help="revoke one of a user's API keys; it stops working at once")
+    key_revoke.add_argument("--email", required=True, help="the owner's email")
+    key_revoke.add_argument("--id", required=True, help="the key's id (from key list)")
+    key_revoke.set_defaults(run=_key_revoke)
     return parser
 
 
