@@ -47,7 +47,15 @@ async def test_login_returns_tokens_as_in_the_spec(client: httpx.AsyncClient, ac
     response = await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})
     assert response.status_code == 200
     body = response.json()
-    assert body["user"] == {"id": account.user_id, "email": account.email, "name": None, "created_at": None}
+    me = (await client.get("/api/v1/user/me", headers=account.headers)).json()["user"]
+    # The name and the moment the user registered with (sign_up registers the name "T").
+    assert body["user"] == {
+        "id": account.user_id,
+        "email": account.email,
+        "name": "T",
+        "created_at": me["created_at"],
+    }
+    assert body["user"]["created_at"].endswith("Z")
     assert body["tokens"]["expires_in"] == 86400
     assert body["tokens"]["access_token"].startswith("eyJ")
     me = await client.get(
@@ -247,6 +255,16 @@ async def test_export_has_the_spec_shape(client: httpx.AsyncClient, account: Acc
     }
     assert export["user"]["id"] == account.user_id
     assert "password_hash" not in json.dumps(export)
+    quota = (await client.get("/api/v1/quota", headers=account.headers)).json()
+    assert export["usage_quota"] == quota  # the quota, as GET /api/v1/quota answers it
+    assert set(quota) == {"user_id", "storage", "file_size", "rate_limits"}
+    # Byte counts are whole numbers, as in the API reference (not 0.0).
+    for count in (
+        quota["storage"]["used_bytes"],
+        quota["storage"]["limit_bytes"],
+        quota["file_size"]["max_bytes"],
+    ):
+        assert type(count) is int
 
 
 async def test_a_key_made_the_simple_way_cannot_lift_its_own_limits(

@@ -13,6 +13,7 @@ from aiserve_mcp.tools.billing import TransactionOut
 from aiserve_mcp.tools.common import AwareDatetime, Input, IntegerNumber, NoInput, Offset, Text
 from aiserve_mcp.tools.gpu_instances import ContractOut
 from aiserve_mcp.tools.guardrails import Limit, WindowName
+from aiserve_mcp.tools.models import QuotaOutput, quota_of
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 API_KEY_NOTICE = "Save this API key securely. It will not be shown again."
@@ -151,9 +152,7 @@ async def revoke_api_key(ctx: ToolContext, args: RevokeApiKeyInput) -> RevokeApi
 class AccountExport(BaseModel):
     user: UserProfile
     api_keys: list[ApiKeyInfo]
-    usage_quota: dict[str, Any] | None = Field(
-        description="Model storage quota; null until model serving is enabled."
-    )
+    usage_quota: QuotaOutput = Field(description="Model storage and upload quota, as GET /api/v1/quota.")
     gpu_usage: list[dict[str, Any]] = Field(description="Every GPU instance you rented.")
     transactions: list[dict[str, Any]] = Field(description="Your whole credit history.")
     credits: list[dict[str, Any]] = Field(description="Your balance: available and held USD.")
@@ -174,7 +173,7 @@ async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
     return AccountExport(
         user=UserProfile.model_validate(user),
         api_keys=[ApiKeyInfo.model_validate(k) for k in keys],
-        usage_quota=None,
+        usage_quota=await quota_of(ctx, caller.user_id),
         gpu_usage=[ContractOut.of(c).model_dump(mode="json") for c in contracts],
         transactions=[TransactionOut.of(t).model_dump(mode="json") for t in history],
         credits=[{"currency": "USD", "available": float(balance.available), "held": float(balance.held)}],

@@ -79,7 +79,7 @@ async def auth_login(ctx: ToolContext, args: LoginInput) -> LoginOutput:
     await _spend_auth_budget(ctx)
     user, pair = await ctx.services.accounts.login(args.email, args.password)
     return LoginOutput(
-        user=UserSummary(id=user.id, email=user.email),
+        user=UserSummary(id=user.id, email=user.email, name=user.name, created_at=user.created_at),
         tokens=Tokens(
             access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
         ),

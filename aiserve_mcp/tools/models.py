@@ -360,31 +360,52 @@ async def list_model_formats(ctx: ToolContext, args: NoInput) -> FormatList:
     return FormatList(formats=formats, count=len(formats))
 
 
+class StorageQuota(BaseModel):
+    used_bytes: int
+    limit_bytes: int
+    used_pct: float
+
+
+class FileSizeQuota(BaseModel):
+    max_bytes: int
+
+
+class UploadRateQuota(BaseModel):
+    uploads_last_hour: int
+    hourly_limit: int
+    uploads_last_day: int
+    daily_limit: int
+
+
 class QuotaOutput(BaseModel):
     user_id: str
-    storage: dict[str, float]
-    file_size: dict[str, int]
-    rate_limits: dict[str, int]
+    storage: StorageQuota
+    file_size: FileSizeQuota
+    rate_limits: UploadRateQuota
+
+
+async def quota_of(ctx: ToolContext, user_id: str) -> QuotaOutput:
+    """``user_id``'s model storage and upload quota, as ``get_quota`` and the account export show it."""
+    quota = await ctx.services.model_store.quota(user_id)
+    return QuotaOutput(
+        user_id=user_id,
+        storage=StorageQuota(
+            used_bytes=quota.used_bytes,
+            limit_bytes=quota.limit_bytes,
+            used_pct=round(quota.used_bytes / quota.limit_bytes * 100, 2),
+        ),
+        file_size=FileSizeQuota(max_bytes=quota.max_file_bytes),
+        rate_limits=UploadRateQuota(
+            uploads_last_hour=quota.uploads_last_hour,
+            hourly_limit=quota.hourly_limit,
+            uploads_last_day=quota.uploads_last_day,
+            daily_limit=quota.daily_limit,
+        ),
+    )
 
 
 @tool(scope="models:read", annotations=Annotations("Storage quota"))
 async def get_quota(ctx: ToolContext, args: NoInput) -> QuotaOutput:
-    """Your model storage: bytes used and allowed, the largest file accepted, and uploads in the last hour
-    and day against their limits."""
-    user_id = ctx.caller().user_id
-    quota = await ctx.services.model_store.quota(user_id)
-    return QuotaOutput(
-        user_id=user_id,
-        storage={
-            "used_bytes": quota.used_bytes,
-            "limit_bytes": quota.limit_bytes,
-            "used_pct": round(quota.used_bytes / quota.limit_bytes * 100, 2),
-        },
-        file_size={"max_bytes": quota.max_file_bytes},
-        rate_limits={
-            "uploads_last_hour": quota.uploads_last_hour,
-            "hourly_limit": quota.hourly_limit,
-            "uploads_last_day": quota.uploads_last_day,
-            "daily_limit": quota.daily_limit,
-        },
-    )
+    """Your model storage: bytes used and allowed (whole bytes), the largest file accepted, and uploads in
+    the last hour and day against their limits."""
+    return await quota_of(ctx, ctx.caller().user_id)
