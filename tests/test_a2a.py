@@ -106,21 +106,27 @@ async def test_agent_card_is_public_on_both_paths(live_server: LiveServer) -> No
             await http.get("/.well-known/agent.json"),
         )
     assert current.status_code == legacy.status_code == 200
-    card = current.json()
-    assert card == legacy.json()
-    assert card["name"] == "aiserve" and card["version"] == __version__
+    card, old = current.json(), legacy.json()
+    assert card["name"] == old["name"] == "aiserve" and card["version"] == __version__
     assert card["capabilities"]["streaming"] is True and card["capabilities"]["pushNotifications"] is False
     assert card["defaultInputModes"] == card["defaultOutputModes"] == ["text/plain", "application/json"]
     interfaces = {(i["url"], i["protocolBinding"], i["protocolVersion"]) for i in card["supportedInterfaces"]}
     assert interfaces == {(url + A2A_PATH, "JSONRPC", "1.0"), (url + A2A_PATH, "JSONRPC", "0.3")}
-    assert (card["url"], card["protocolVersion"], card["preferredTransport"]) == (
+    # The 1.0 card is strict 1.0: none of the 0.3 fields a 1.0 validator refuses.
+    assert not {"url", "protocolVersion", "preferredTransport", "security"} & set(card)
+    assert card["securitySchemes"] == {
+        "bearer": {"httpAuthSecurityScheme": {"scheme": "bearer", "description": ANY_TEXT}}
+    }
+    assert card["provider"]["url"] == url
+    assert card["securityRequirements"] == [{"schemes": {"bearer": {}}}]
+    # 0.3 clients find the 0.3 shape at the path they look at.
+    assert (old["url"], old["protocolVersion"], old["preferredTransport"]) == (
         url + A2A_PATH,
         "0.3",
         "JSONRPC",
     )
-    assert card["provider"]["url"] == url
-    assert card["securitySchemes"]["bearer"]["httpAuthSecurityScheme"]["scheme"] == "bearer"
-    assert card["securityRequirements"] == [{"schemes": {"bearer": {}}}]
+    assert old["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer", "description": ANY_TEXT}
+    assert "supportedInterfaces" not in old and old["security"] == [{"bearer": []}]
 
     skills = {s["id"]: s for s in card["skills"]}
     assert {"gpu", "lb", "billing", "guardrails", "models", "account"} <= set(skills)
@@ -129,6 +135,40 @@ async def test_agent_card_is_public_on_both_paths(live_server: LiveServer) -> No
     assert callable_tools <= listed, callable_tools - listed
     assert "auth_login" not in listed and "admin_list_users" not in listed
     assert '{"tool": "reserve_gpus", "arguments": {"count": "<integer>"}}' in skills["gpu"]["examples"]
+
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
+
+async def test_list_tasks_refuses_a_status_that_names_no_state(live_server: LiveServer, key: str) -> None:
+    headers = {"Authorization": f"Bearer {key}", "A2A-Version": "1.0"}
+    async with httpx.AsyncClient(base_url=live_server.url, headers=headers) as http:
+        for status in ("BOGUS", 99, True):
+            body = {"jsonrpc": "2.0", "id": 7, "method": "ListTasks", "params": {"status": status}}
+            answer = (await http.post(A2A_PATH, json=body)).json()
+            assert answer["error"]["code"] == -32602 and answer["id"] == 7, answer
+            assert "TASK_STATE_WORKING" in answer["error"]["message"]
+        good = {"jsonrpc": "2.0", "id": 8, "method": "ListTasks", "params": {"status": "TASK_STATE_WORKING"}}
+        assert (await http.post(A2A_PATH, json=good)).json()["result"]["tasks"] == []
+
+
+async def test_a_rate_limited_rpc_gets_the_spec_body_and_retry_after(settings: Settings) -> None:
+    tight = settings.model_copy(update={"rate_limit": 3, "rate_limit_window_s": 3600})
+    async with app_client(tight) as (_, http):
+        credential = await api_key(http, await sign_up(http))
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}
+        headers = {"X-API-Key": credential, "A2A-Version": "1.0"}
+        answers = [await http.post(A2A_PATH, json=body, headers=headers) for _ in range(3)]
+    refused = answers[-1]
+    assert refused.status_code == 429 and refused.json()["code"] == "RATE_LIMITED"
+    assert int(refused.headers["Retry-After"]) > 0
 
 
 async def test_card_urls_follow_the_public_url_setting(settings: Settings) -> None:

@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from a2a.auth.user import UnauthenticatedUser, User
+from a2a.compat.v0_3.conversions import to_compat_agent_card
 from a2a.helpers import get_data_parts, new_data_part, new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes import create_jsonrpc_routes
 from a2a.server.routes.common import DefaultServerCallContextBuilder
 from a2a.server.tasks import TaskStore, TaskUpdater
 from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Message, Part, Task, TaskState
 from a2a.utils.errors import A2AError
 from a2a.utils.errors import InternalError as A2aInternalError
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -70,7 +71,8 @@ from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 T = TypeVar("T")
-CARD_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
+CARD_PATH = "/.well-known/agent-card.json"
+CARD_PATH_V0_3 = "/.well-known/agent.json"
 SURFACE = "a2a"
 NAME_KEYS = ("tool", "skill", "action")
 ARGUMENT_KEYS = ("arguments", "args", "data")
@@ -352,7 +354,29 @@ class _GuardedRpc:
         except PayloadTooLarge as exc:
             await error_response(exc)(scope, receive, send)
             return
+        refused = _unknown_status_filter(body)
+        if refused is not None:
+            await JSONResponse(refused)(scope, receive, send)
+            return
         await self._app(scope, replay_body(body, receive), send)
+
+
+def _unknown_status_filter(body: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC invalid-params error for a ``ListTasks`` whose ``status`` names no task state (the
+    SDK's parser would drop it and list every task), else None."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None
+    params = request.get("params") if isinstance(request, dict) else None
+    if request.get("method") != "ListTasks" or not isinstance(params, dict) or "status" not in params:
+        return None
+    status = params["status"]
+    names, numbers = list(TaskState.keys()), set(TaskState.values())
+    if (isinstance(status, str) and status in names) or (type(status) is int and status in numbers):
+        return None
+    message = f"unknown task status {status!r}; use one of {', '.join(names[1:])}"
+    return {"jsonrpc": "2.0", "id": request.get("id"), "error": {"code": -32602, "message": message}}
 
 
 class A2aSurface:
@@ -382,11 +406,18 @@ class A2aSurface:
         return self._public_url or str(request.base_url).rstrip("/")
 
     async def card(self, request: Request) -> Response:
-        return JSONResponse(agent_card_to_dict(agent_card(self.base_url(request), self._skills)))
+        """The A2A 1.0 card, exactly (a 1.0 validator refuses the 0.3 fields the SDK would merge in)."""
+        return JSONResponse(MessageToDict(agent_card(self.base_url(request), self._skills)))
+
+    async def card_v0_3(self, request: Request) -> Response:
+        """The same card in the 0.3 shape, where 0.3 clients look for it."""
+        card = to_compat_agent_card(agent_card(self.base_url(request), self._skills))
+        return JSONResponse(card.model_dump(mode="json", exclude_none=True))
 
     def routes(self) -> list[BaseRoute]:
         return [
-            *(Route(path, self.card, methods=["GET"]) for path in CARD_PATHS),
+            Route(CARD_PATH, self.card, methods=["GET"]),
+            Route(CARD_PATH_V0_3, self.card_v0_3, methods=["GET"]),
             Route(A2A_PATH, self._rpc, methods=["POST"]),
         ]
 
