@@ -107,6 +107,44 @@ async def test_a_stripe_payment_adds_credits_once_per_idempotency_key(billing: B
     assert [t["id"] for t in export["transactions"]] == [tx["id"]]
 
 
+async def test_the_api_references_card_token_body_pays_through_stripe(billing: Billing) -> None:
+    owner = await sign_up(billing.client)
+    answer = await billing.client.post(
+        "/api/v1/billing/payment",
+        json={
+            "amount": 100.00,
+            "currency": "USD",
+            "provider": "stripe",
+            "payment_preference": {"type": "card", "card_token": "tok_visa"},
+        },
+        headers=owner.headers | {"X-Preferred-Payment": "card", "X-Billing": "stripe"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["transaction"]["status"] == "succeeded"
+    [sent] = [r.params for r in billing.stripe.requests]
+    assert sent["payment_method_data[type]"] == "card"
+    assert sent["payment_method_data[card][token]"] == "tok_visa"
+    assert "payment_method" not in sent  # Stripe refuses a token there with 400
+    assert await credits(billing.client, owner) == (100.0, 0.0)
+
+
+async def test_payments_stripe_would_refuse_are_refused_before_it(billing: Billing) -> None:
+    owner = await sign_up(billing.client)
+    small = await pay(billing.client, owner, 0.49, "pm_card_visa")
+    assert small.status_code == 400 and small.json()["code"] == "VALIDATION_ERROR", small.text
+    assert "0.50 USD" in small.json()["error"]
+    for field, reference in (("payment_method", "card_1AbC"), ("card_token", "src_1AbC")):
+        odd = await billing.client.post(
+            "/api/v1/billing/payment",
+            json={"amount": 5, "payment_preference": {field: reference}},
+            headers=owner.headers,
+        )
+        assert odd.status_code == 400 and odd.json()["code"] == "VALIDATION_ERROR", odd.text
+    assert billing.stripe.requests == []
+    assert await credits(billing.client, owner) == (0.0, 0.0)
+    assert (await pay(billing.client, owner, 0.5, "pm_card_visa")).status_code == 201
+
+
 async def test_a_declined_card_adds_nothing(billing: Billing) -> None:
     owner = await sign_up(billing.client)
     declined = await pay(billing.client, owner, 25, "pm_card_chargeDeclined")
@@ -413,3 +451,13 @@ def test_the_ledger_always_balances_and_never_goes_negative(ledger_db: str, ops:
         assert unbalanced == 0 and negative == 0 and (total or 0) == 0
 
     anyio.run(run)
+
+
+async def test_a_default_install_says_how_to_try_payments(
+    client: httpx.AsyncClient, account: Account
+) -> None:
+    """No Stripe key and no sandbox: the 503 names both ways to turn payments on."""
+    body = {"amount": 20, "payment_preference": {"type": "card", "card_token": "tok_visa"}}
+    refused = await client.post("/api/v1/billing/payment", json=body, headers=account.headers)
+    assert refused.status_code == 503 and refused.json()["code"] == "SERVICE_UNAVAILABLE"
+    assert "AISERVE_STRIPE_API_KEY" in refused.text and "AISERVE_BILLING_SANDBOX=true" in refused.text

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from aiserve_mcp.billing.gateways import (
@@ -189,6 +190,216 @@ async def test_unknown_payment_method_and_payment(stripe_api: Stripe) -> None:
     assert stripe_api.state.requests[-1].path == "/v1/payment_intents/pi_does_not_exist"
 
 
+async def test_a_card_token_goes_as_payment_method_data(stripe_api: Stripe) -> None:
+    charge = await pay(stripe_api.gateway, "tok_visa", "k-token")
+    assert charge.status == "succeeded"
+    sent = stripe_api.state.requests[0].params
+    assert sent["payment_method_data[type]"] == "card"
+    assert sent["payment_method_data[card][token]"] == "tok_visa"
+    assert "payment_method" not in sent
+    [intent] = stripe_api.state.created
+    assert intent["payment_method"].startswith("pm_")  # Stripe makes a PaymentMethod of the token
+
+
+async def test_a_payment_method_id_goes_as_payment_method(stripe_api: Stripe) -> None:
+    await pay(stripe_api.gateway, "pm_card_mastercard", "k-pm")
+    sent = stripe_api.state.requests[0].params
+    assert sent["payment_method"] == "pm_card_mastercard"
+    assert not [name for name in sent if name.startswith("payment_method_data")]
+
+
+async def test_card_token_outcomes(stripe_api: Stripe) -> None:
+    no_funds = await pay(stripe_api.gateway, "tok_visa_chargeDeclinedInsufficientFunds", "k-t1")
+    assert (no_funds.status, no_funds.failure_code) == ("failed", "card_declined")
+    assert no_funds.failure_message == "Your card has insufficient funds."
+    declined = await pay(stripe_api.gateway, "tok_chargeDeclined", "k-t2")
+    assert (declined.status, declined.failure_message) == ("failed", "Your card was declined.")
+    challenge = await pay(stripe_api.gateway, "tok_threeDSecure2Required", "k-t3")
+    assert challenge.status == "requires_action" and challenge.next_action_url
+    with pytest.raises(ValidationFailed, match="card token") as caught:
+        await pay(stripe_api.gateway, "tok_nonexistent", "k-t4")
+    assert caught.value.details["param"] == "payment_method_data[card][token]"
+
+
+async def test_references_that_are_neither_token_nor_payment_method_never_reach_stripe(
+    stripe_api: Stripe,
+) -> None:
+    for reference in ("card_1AbC", "src_123", "visa", " tok_visa", ""):
+        with pytest.raises(ValidationFailed, match="tok_"):
+            await pay(stripe_api.gateway, reference, f"k-{reference}")
+    assert stripe_api.state.requests == []
+
+
+async def test_amounts_under_stripes_minimum_never_reach_stripe(stripe_api: Stripe) -> None:
+    with pytest.raises(ValidationFailed, match=r"minimum of 0\.50 USD") as caught:
+        await pay(stripe_api.gateway, "pm_card_visa", "k-49", amount=49)
+    assert caught.value.details == {"minimum": "0.50", "currency": "USD"}
+    assert stripe_api.state.requests == []
+    assert (await pay(stripe_api.gateway, "pm_card_visa", "k-50", amount=50)).status == "succeeded"
+
+
+# The fake itself: it must refuse what api.stripe.com refuses, with Stripe's body, so that a change that
+# makes it kinder fails here.
+
+
+async def create(
+    url: str, form: dict[str, str], *, key: str | None = API_KEY, **headers: str
+) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=url) as http:
+        return await http.post("/v1/payment_intents", data=form, headers={**auth, **headers})
+
+
+CONFIRMED = {
+    "amount": "2500",
+    "currency": "usd",
+    "confirm": "true",
+    "allowed_payment_method_types[0]": "card",
+}
+
+
+async def test_the_fake_refuses_a_token_passed_as_payment_method(stripe_api: Stripe) -> None:
+    answer = await create(stripe_api.url, {**CONFIRMED, "payment_method": "tok_visa"})
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "message": "A token may not be passed in as a PaymentMethod. Instead, use payment_method_data "
+            "with type=card and card[token]=tok_visa.",
+            "param": "payment_method",
+            "type": "invalid_request_error",
+        }
+    }
+    assert stripe_api.state.created == []
+    token = {"payment_method_data[type]": "card", "payment_method_data[card][token]": "tok_visa"}
+    accepted = await create(stripe_api.url, {**CONFIRMED, **token})
+    assert accepted.status_code == 200 and accepted.json()["status"] == "succeeded"
+
+
+async def test_the_fake_refuses_unknown_payment_methods_and_tokens(stripe_api: Stripe) -> None:
+    unknown = (await create(stripe_api.url, {**CONFIRMED, "payment_method": "pm_nope"})).json()["error"]
+    assert (unknown["code"], unknown["param"], unknown["type"]) == (
+        "resource_missing",
+        "payment_method",
+        "invalid_request_error",
+    )
+    assert unknown["message"].startswith("No such PaymentMethod: 'pm_nope'; It's possible this PaymentMethod")
+    token = {"payment_method_data[type]": "card", "payment_method_data[card][token]": "tok_nope"}
+    answer = await create(stripe_api.url, {**CONFIRMED, **token})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["code"], error["param"], error["message"]) == (
+        "resource_missing",
+        "payment_method_data[card][token]",
+        "No such token: 'tok_nope'",
+    )
+    both = await create(stripe_api.url, {**CONFIRMED, **token, "payment_method": "pm_card_visa"})
+    assert both.status_code == 400 and both.json()["error"]["code"] == "parameters_exclusive"
+    assert stripe_api.state.created == []
+
+
+async def test_the_fake_checks_amount_and_currency_as_stripe_does(stripe_api: Stripe) -> None:
+    pm = {"payment_method": "pm_card_visa"}
+    missing = await create(stripe_api.url, {"currency": "usd", **pm})
+    assert missing.status_code == 400 and missing.json() == {
+        "error": {
+            "code": "parameter_missing",
+            "doc_url": "https://stripe.com/docs/error-codes/parameter-missing",
+            "message": "Missing required param: amount.",
+            "param": "amount",
+            "type": "invalid_request_error",
+        }
+    }
+    small = await create(stripe_api.url, {**CONFIRMED, **pm, "amount": "49"})
+    assert small.status_code == 400 and small.json() == {
+        "error": {
+            "code": "amount_too_small",
+            "doc_url": "https://stripe.com/docs/error-codes/amount-too-small",
+            "message": "Amount must be at least $0.50 usd",
+            "param": "amount",
+            "type": "invalid_request_error",
+        }
+    }
+    zero = (await create(stripe_api.url, {**CONFIRMED, **pm, "amount": "0"})).json()["error"]
+    assert zero["code"] == "parameter_invalid_integer"
+    bogus = await create(stripe_api.url, {**CONFIRMED, **pm, "currency": "xyz"})
+    error = bogus.json()["error"]
+    assert bogus.status_code == 400 and (error["param"], error["type"]) == (
+        "currency",
+        "invalid_request_error",
+    )
+    assert error["message"].startswith(
+        "Invalid currency: xyz. Stripe currently supports these currencies: usd, "
+    )
+    assert stripe_api.state.created == []
+    upper = await create(stripe_api.url, {**CONFIRMED, **pm, "currency": "USD"})
+    assert upper.status_code == 200 and upper.json()["currency"] == "usd"
+
+
+async def test_the_fake_refuses_to_confirm_without_a_payment_method(stripe_api: Stripe) -> None:
+    answer = await create(stripe_api.url, CONFIRMED)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "payment_intent_unexpected_state" and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("You cannot confirm this PaymentIntent because it's missing a payment")
+    assert error["payment_intent"]["status"] == "requires_payment_method"
+
+
+async def test_the_fake_declines_with_stripes_card_error(stripe_api: Stripe) -> None:
+    token = {
+        "payment_method_data[type]": "card",
+        "payment_method_data[card][token]": "tok_visa_chargeDeclined",
+    }
+    answer = await create(stripe_api.url, {**CONFIRMED, **token})
+    assert answer.status_code == 402
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["decline_code"], error["message"]) == (
+        "card_error",
+        "card_declined",
+        "generic_decline",
+        "Your card was declined.",
+    )
+    assert error["payment_intent"]["id"].startswith("pi_") and error["payment_method"]["id"].startswith("pm_")
+    challenge = await create(
+        stripe_api.url,
+        {**CONFIRMED, "payment_method": "pm_card_threeDSecure2Required", "return_url": "https://x.test/r"},
+    )
+    action = challenge.json()["next_action"]
+    assert challenge.status_code == 200 and challenge.json()["status"] == "requires_action"
+    assert (
+        action["type"] == "redirect_to_url" and action["redirect_to_url"]["return_url"] == "https://x.test/r"
+    )
+
+
+async def test_the_fake_idempotency_and_keys(stripe_api: Stripe) -> None:
+    pm = {**CONFIRMED, "payment_method": "pm_card_visa"}
+    first = await create(stripe_api.url, pm, **{"Idempotency-Key": "K1"})
+    again = await create(stripe_api.url, pm, **{"Idempotency-Key": "K1"})
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    other = await create(stripe_api.url, {**pm, "amount": "9000"}, **{"Idempotency-Key": "K1"})
+    assert other.status_code == 400 and other.json() == {
+        "error": {
+            "type": "idempotency_error",
+            "message": "Keys for idempotent requests can only be used with the same parameters they were "
+            "first used with. Try using a key other than 'K1' if you meant to execute a different request.",
+        }
+    }
+    refused = await create(stripe_api.url, {**pm, "amount": "10"}, **{"Idempotency-Key": "K2"})
+    assert refused.status_code == 400  # failed validation: nothing is stored under K2
+    fixed = await create(stripe_api.url, pm, **{"Idempotency-Key": "K2"})
+    assert fixed.status_code == 200 and "Idempotent-Replayed" not in fixed.headers
+    nokey = await create(stripe_api.url, pm, key=None)
+    assert nokey.status_code == 401 and nokey.json()["error"]["message"].startswith(
+        "You did not provide an API key."
+    )
+    wrong = await create(stripe_api.url, pm, key="sk_test_0123456789abcdefWXYZ")
+    assert wrong.status_code == 401 and wrong.json() == {
+        "error": {
+            "type": "invalid_request_error",
+            "message": "Invalid API Key provided: sk_test_****************WXYZ",
+        }
+    }
+
+
 async def test_webhook_valid_event_is_parsed(stripe_api: Stripe) -> None:
     charge = await pay(stripe_api.gateway, "pm_card_threeDSecure2Required", "k-wh")
     intent = stripe_api.state.complete(charge.provider_ref)
@@ -273,7 +484,9 @@ async def test_sandbox_outcomes() -> None:
     assert (await sandbox.retrieve(pending.provider_ref)).status == "succeeded"
     assert await pay(sandbox, "pm_card_visa", "s-1") == ok
     with pytest.raises(Conflict):
-        await pay(sandbox, "pm_card_visa", "s-1", amount=1)
+        await pay(sandbox, "pm_card_visa", "s-1", amount=9000)
+    with pytest.raises(ValidationFailed, match="minimum"):
+        await pay(sandbox, "pm_card_visa", "s-small", amount=49)
     with pytest.raises(ValidationFailed):
         await pay(sandbox, "pm_real_card_123", "s-4")
     with pytest.raises(NotFound):

@@ -7,7 +7,8 @@ status ``"failed"`` so the ledger can record it. Everything else that goes wrong
 * the gateway is unreachable, answers 5xx or is rate limiting us -> ``UpstreamFailed`` (``UpstreamTimeout``
   when it did not answer in time);
 * the API key is wrong or lacks permissions -> ``ServiceUnavailable`` ("payments are misconfigured");
-* the request itself is wrong (unknown payment method, bad amount) -> ``ValidationFailed``;
+* the request itself is wrong (unknown payment method, bad amount) -> ``ValidationFailed``; so is an amount
+  under Stripe's minimum charge for its currency (50 cents for USD), refused before any call;
 * an idempotency key reused with different payment details -> ``Conflict``;
 * ``retrieve`` of an unknown payment -> ``NotFound``.
 
@@ -22,11 +23,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import httpx
 import stripe
-from stripe.params import PaymentIntentCreateParams
+from stripe.params import PaymentIntentCreateParams, PaymentIntentCreateParamsPaymentMethodData
 
 from aiserve_mcp.errors import (
     Conflict,
@@ -120,12 +121,29 @@ class PaymentGateway(Protocol):
     async def aclose(self) -> None: ...
 
 
+# Stripe's minimum charge amounts in minor units (docs.stripe.com/currencies#minimum-and-maximum-charge-
+# amounts): below them Stripe answers 400 amount_too_small ("Amount must be at least $0.50 usd").
+MINIMUM_CHARGE_MINOR: dict[str, int] = {
+    "usd": 50, "aed": 200, "aud": 50, "bgn": 100, "brl": 50, "cad": 50, "chf": 50, "czk": 1500, "dkk": 250,
+    "eur": 50, "gbp": 30, "hkd": 400, "huf": 17500, "inr": 50, "jpy": 50, "mxn": 1000, "myr": 200,
+    "nok": 300, "nzd": 50, "pln": 200, "ron": 200, "sek": 300, "sgd": 50, "thb": 1000,
+}  # fmt: skip
+_ZERO_DECIMAL = frozenset({"jpy"})  # of the currencies above, those without minor units
+
+
 def _check_charge_args(amount_minor: int, currency: str, idempotency_key: str) -> str:
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
         raise ValidationFailed("the amount must be a positive whole number of minor units")
     code = currency.strip().lower()
     if len(code) != 3 or not code.isalpha():
         raise ValidationFailed("the currency must be a three-letter ISO code", {"currency": currency})
+    minimum = MINIMUM_CHARGE_MINOR.get(code)
+    if minimum is not None and amount_minor < minimum:
+        shown = str(minimum) if code in _ZERO_DECIMAL else f"{minimum // 100}.{minimum % 100:02d}"
+        raise ValidationFailed(
+            f"the amount is below the card payment minimum of {shown} {code.upper()}",
+            {"minimum": shown, "currency": code.upper()},
+        )
     if not idempotency_key or len(idempotency_key) > 255:
         raise ValidationFailed("the idempotency key must be 1 to 255 characters")
     return code
@@ -243,7 +261,10 @@ def _event_from_dict(data: Mapping[str, Any]) -> WebhookEvent:
 class StripeGateway:
     """Stripe PaymentIntents through the official SDK's async client (HTTPX).
 
-    ``charge`` creates and confirms a PaymentIntent in one call (``confirm=true`` and
+    ``charge`` takes a PaymentMethod id (``pm_...``), sent as ``payment_method``, or a card token
+    (``tok_...``), sent as ``payment_method_data[type]=card`` with ``payment_method_data[card][token]``:
+    Stripe refuses a token passed as ``payment_method`` ("A token may not be passed in as a PaymentMethod").
+    Anything else is refused here. It creates and confirms a PaymentIntent in one call (``confirm=true`` and
     ``allowed_payment_method_types=["card"]``, the SDK's pinned API version's name for
     ``payment_method_types``) under the caller's idempotency key, so Stripe replays the first answer to a
     retry. ``return_url`` is sent so that a card needing 3-D Secure answers ``next_action.redirect_to_url``
@@ -295,18 +316,29 @@ class StripeGateway:
     ) -> Charge:
         """Create and confirm a PaymentIntent; a declined card gives a ``"failed"`` Charge, not an error."""
         code = _check_charge_args(amount_minor, currency, idempotency_key)
-        if not payment_method:
-            raise ValidationFailed("a payment method is required")
         params: PaymentIntentCreateParams = {
             "amount": amount_minor,
             "currency": code,
-            "payment_method": payment_method,
             "allowed_payment_method_types": ["card"],
             "confirm": True,
             "return_url": self._return_url,
             "description": description,
             "metadata": dict(metadata),
         }
+        if payment_method.startswith("pm_"):
+            params["payment_method"] = payment_method
+        elif payment_method.startswith("tok_"):
+            # The SDK's TypedDict has no ``card`` key (stripe-node#1264): Stripe keeps raw card fields out
+            # of its types; a token is the one card field a server sends.
+            params["payment_method_data"] = cast(
+                PaymentIntentCreateParamsPaymentMethodData,
+                {"type": "card", "card": {"token": payment_method}},
+            )
+        else:
+            raise ValidationFailed(
+                "the payment reference must be a Stripe card token (tok_...) or PaymentMethod id (pm_...)",
+                {"param": "payment_method"},
+            )
         try:
             intent = await self._client.v1.payment_intents.create_async(
                 params, options={"idempotency_key": idempotency_key}
@@ -356,6 +388,9 @@ class StripeGateway:
         )
 
 
+_PARAM_NAMES = {"payment_method": "payment method", "payment_method_data[card][token]": "card token"}
+
+
 def _translate(exc: stripe.StripeError, action: str) -> Exception:
     """A safe error of our own for a Stripe SDK error (never carrying the key or the raw body)."""
     details: dict[str, Any] = {"provider": "stripe", "action": action}
@@ -375,7 +410,10 @@ def _translate(exc: stripe.StripeError, action: str) -> Exception:
         if exc.http_status == 404 or exc.code == "resource_missing":
             if action == "retrieve":
                 return NotFound("no such payment", details)
-            return ValidationFailed(f"Stripe does not know this {exc.param or 'object'}", details)
+            what = _PARAM_NAMES.get(exc.param or "", exc.param or "object")
+            return ValidationFailed(f"Stripe does not know this {what}", details)
+        if exc.code == "amount_too_small":
+            return ValidationFailed("the amount is below Stripe's minimum charge for its currency", details)
         return ValidationFailed("Stripe rejected the payment request", details)
     if isinstance(exc, stripe.APIConnectionError):
         if isinstance(exc.__cause__, httpx.TimeoutException):
@@ -401,8 +439,12 @@ _SANDBOX_SUCCEEDS = frozenset(
 _SANDBOX_DECLINES: dict[str, tuple[str, str]] = {
     "pm_card_chargeDeclined": ("card_declined", "Your card was declined."),
     "tok_chargeDeclined": ("card_declined", "Your card was declined."),
+    "pm_card_visa_chargeDeclined": ("card_declined", "Your card was declined."),
+    "tok_visa_chargeDeclined": ("card_declined", "Your card was declined."),
     "pm_card_chargeDeclinedInsufficientFunds": ("card_declined", "Your card has insufficient funds."),
     "tok_chargeDeclinedInsufficientFunds": ("card_declined", "Your card has insufficient funds."),
+    "pm_card_visa_chargeDeclinedInsufficientFunds": ("card_declined", "Your card has insufficient funds."),
+    "tok_visa_chargeDeclinedInsufficientFunds": ("card_declined", "Your card has insufficient funds."),
     "pm_card_chargeDeclinedExpiredCard": ("expired_card", "Your card has expired."),
     "tok_chargeDeclinedExpiredCard": ("expired_card", "Your card has expired."),
 }
@@ -413,6 +455,7 @@ _SANDBOX_3DS = frozenset(
         "pm_card_authenticationRequired",
         "tok_threeDSecureRequired",
         "tok_threeDSecure2Required",
+        "tok_authenticationRequired",
     }
 )
 
@@ -424,7 +467,8 @@ class SandboxGateway:
     (and the other success ids above) succeed; ``pm_card_chargeDeclined``/``tok_chargeDeclined`` fail with
     ``card_declined`` (``...InsufficientFunds`` likewise, ``...ExpiredCard`` with ``expired_card``);
     ``pm_card_threeDSecureRequired``, ``pm_card_threeDSecure2Required`` and ``pm_card_authenticationRequired``
-    give ``requires_action`` until ``complete`` is called. Any other payment method is a ``ValidationFailed``.
+    give ``requires_action`` until ``complete`` is called. Any other payment method is a ``ValidationFailed``,
+    and so is an amount under Stripe's minimum charge, as with ``StripeGateway``.
     Idempotency keys behave as Stripe's: the same key with the same details returns the first answer again,
     with different details raises ``Conflict``. Every ``provider_ref`` starts with ``sandbox_``. State lives
     in memory.

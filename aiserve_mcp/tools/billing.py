@@ -122,7 +122,10 @@ class PaymentOutput(BaseModel):
 def _gateway(ctx: ToolContext, wanted: str | None) -> PaymentGateway:
     gateway = ctx.services.payments
     if gateway is None:
-        raise ServiceUnavailable("payments are not configured on this server: set AISERVE_STRIPE_API_KEY")
+        raise ServiceUnavailable(
+            "payments are not configured on this server: set AISERVE_STRIPE_API_KEY, or "
+            "AISERVE_BILLING_SANDBOX=true to try payments with test cards (no money moves)"
+        )
     if wanted is not None and wanted.lower() != gateway.name:
         raise ValidationFailed(f"this server takes payments through {gateway.name}, not {wanted!r}")
     return gateway

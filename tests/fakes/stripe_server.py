@@ -1,12 +1,58 @@
 """A local Stripe API for what the payment gateway uses: create-and-confirm and retrieve a PaymentIntent.
 
-It answers as ``api.stripe.com`` does: form-encoded bodies with bracketed nested keys (``metadata[user]``),
-the secret key as Bearer or Basic credentials (401 with Stripe's error body otherwise), ``Idempotency-Key``
-(the first answer to a key is stored and replayed with ``Idempotent-Replayed: true`` for the same
-parameters; different parameters get 400 ``idempotency_error``), Stripe's test payment methods
-(``pm_card_visa`` succeeds, ``pm_card_chargeDeclined`` is a 402 ``card_error`` carrying the PaymentIntent,
-``pm_card_threeDSecure2Required``/``pm_card_authenticationRequired`` need 3-D Secure), and PaymentIntent
-objects with Stripe's field names.
+It is as strict as ``api.stripe.com``: whatever the real API refuses, this refuses with the real status and
+error body, so a client that passes here has not been let off by a kind fake. Each behaviour and its source:
+
+* Requests: form-encoded bodies with bracketed nested keys (``metadata[user]``), the secret key as Bearer
+  or Basic credentials. No key: 401 "You did not provide an API key. ..."; a wrong key: 401 "Invalid API
+  Key provided: sk_test_****abcd" (docs.stripe.com/api/authentication, docs.stripe.com/api/errors).
+* ``Idempotency-Key`` (docs.stripe.com/api/idempotent_requests): the first answer of a request that began
+  executing is stored and replayed with ``Idempotent-Replayed: true`` for the same parameters; parameters
+  that fail validation store nothing ("no idempotent result is saved"), so a corrected retry goes through;
+  different parameters get 400 ``idempotency_error`` "Keys for idempotent requests can only be used with
+  the same parameters they were first used with. Try using a key other than 'K' if you meant to execute a
+  different request."
+* ``amount``: missing is 400 ``parameter_missing`` "Missing required param: amount." (the body quoted in
+  our issue from the live API, with ``doc_url``); not a positive integer is 400
+  ``parameter_invalid_integer`` "This value must be greater than or equal to 1."; under the currency's
+  minimum charge amount (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts; 50 for usd) is 400
+  ``amount_too_small`` "Amount must be at least $0.50 usd" (the live body quoted in our issue; the text
+  for currencies other than usd is not sourced and follows the same pattern).
+* ``currency``: missing is 400 ``parameter_missing``; unknown is 400 ``invalid_request_error``, param
+  ``currency``, "Invalid currency: xyz. Stripe currently supports these currencies: usd, aed, ..." (the
+  list as live Stripe answers it, quoted by several public test suites); upper case is accepted
+  (Stripe lower-cases it; the intent shows lower case).
+* ``payment_method``: a PaymentMethod id. A card token there is refused with 400 "A token may not be passed
+  in as a PaymentMethod. Instead, use payment_method_data with type=card and card[token]=tok_visa.", param
+  ``payment_method`` (live bodies quoted in saleor/saleor#4741, stripe/stripe-node#1264,
+  stripe/stripe-dotnet#1766). An unknown id is 400 ``resource_missing`` "No such PaymentMethod: 'X'; It's
+  possible this PaymentMethod exists on one of your connected accounts, in which case you should retry
+  this request on that connected account. Learn more at https://stripe.com/docs/connect/authentication".
+* ``payment_method_data[type]=card`` with ``payment_method_data[card][token]=tok_...`` is how a token is
+  charged (Stripe staff in stripe/stripe-node#1310 and stripe/stripe-dotnet#2329); it makes a new
+  ``pm_...`` PaymentMethod for the intent. An unknown token is 400 ``resource_missing`` "No such token:
+  'tok_x'" (that text is what Stripe answers for an unknown token elsewhere, e.g. Charges ``source``; its
+  ``param`` here, ``payment_method_data[card][token]``, is our assumption, not sourced). A missing
+  ``payment_method_data[type]`` or token is ``parameter_missing``; a type other than card is refused (the
+  fake knows only card tokens). Both ``payment_method`` and ``payment_method_data`` is 400
+  ``parameters_exclusive`` "You may only specify one of these parameters: payment_method,
+  payment_method_data." (Stripe's wording for exclusive parameters; not sourced for this pair).
+* ``confirm=true`` with neither is 400 ``payment_intent_unexpected_state`` "You cannot confirm this
+  PaymentIntent because it's missing a payment method. ..." with ``error.payment_intent`` (the intent is
+  created, in ``requires_payment_method``).
+* Stripe's test cards (docs.stripe.com/testing): ``pm_card_visa``, ``pm_card_visa_debit``,
+  ``pm_card_mastercard``, ``pm_card_amex`` and ``tok_visa``, ``tok_visa_debit``, ``tok_mastercard``,
+  ``tok_amex`` succeed; ``pm_card_chargeDeclined``, ``pm_card_visa_chargeDeclined``,
+  ``tok_chargeDeclined``, ``tok_visa_chargeDeclined`` are a 402 ``card_error`` ``card_declined``
+  (``decline_code`` ``generic_decline``, "Your card was declined."), the ``...InsufficientFunds`` ones
+  likewise with ``insufficient_funds`` ("Your card has insufficient funds."), ``...ExpiredCard`` with
+  ``expired_card``; the error carries ``payment_intent``, ``payment_method``, ``charge`` and ``doc_url``
+  (docs.stripe.com/api/errors). ``pm_card_threeDSecure2Required``, ``pm_card_threeDSecureRequired``,
+  ``pm_card_authenticationRequired`` and their ``tok_`` twins answer 200 ``requires_action`` with
+  ``next_action.redirect_to_url`` ``{url, return_url}`` when a ``return_url`` was sent
+  (``use_stripe_sdk`` otherwise).
+* Retrieve of an unknown intent: 404 ``resource_missing`` "No such payment_intent: 'pi_x'", param
+  ``intent``.
 
 Knobs on ``StripeState``: ``fail_next`` (that many requests get 500 ``api_error``, answered in front of the
 idempotency layer so a retry with the same key is processed), ``delay_s`` (every answer is that late),
@@ -33,23 +79,63 @@ from starlette.routing import Route
 
 API_KEY = "sk_test_fake51AiserveTestKey0000000000000000"
 
-SUCCEEDS = frozenset(
-    {"pm_card_visa", "pm_card_visa_debit", "pm_card_mastercard", "pm_card_amex", "tok_visa", "tok_mastercard"}
-)
-# payment method -> (code, decline_code, message)
-DECLINES: dict[str, tuple[str, str, str]] = {
-    "pm_card_chargeDeclined": ("card_declined", "generic_decline", "Your card was declined."),
-    "tok_chargeDeclined": ("card_declined", "generic_decline", "Your card was declined."),
-    "pm_card_chargeDeclinedInsufficientFunds": (
-        "card_declined",
-        "insufficient_funds",
-        "Your card has insufficient funds.",
-    ),
-    "pm_card_chargeDeclinedExpiredCard": ("expired_card", "expired_card", "Your card has expired."),
+_GENERIC = ("card_declined", "generic_decline", "Your card was declined.")
+_NO_FUNDS = ("card_declined", "insufficient_funds", "Your card has insufficient funds.")
+_EXPIRED = ("expired_card", "expired_card", "Your card has expired.")
+# Stripe's test PaymentMethods and tokens (docs.stripe.com/testing) -> what confirming them does:
+# "succeeds", "3ds", or a decline as (code, decline_code, message).
+Outcome = str | tuple[str, str, str]
+PAYMENT_METHODS: dict[str, Outcome] = {
+    "pm_card_visa": "succeeds",
+    "pm_card_visa_debit": "succeeds",
+    "pm_card_mastercard": "succeeds",
+    "pm_card_amex": "succeeds",
+    "pm_card_chargeDeclined": _GENERIC,
+    "pm_card_visa_chargeDeclined": _GENERIC,
+    "pm_card_chargeDeclinedInsufficientFunds": _NO_FUNDS,
+    "pm_card_visa_chargeDeclinedInsufficientFunds": _NO_FUNDS,
+    "pm_card_chargeDeclinedExpiredCard": _EXPIRED,
+    "pm_card_threeDSecure2Required": "3ds",
+    "pm_card_threeDSecureRequired": "3ds",
+    "pm_card_authenticationRequired": "3ds",
 }
-NEEDS_3DS = frozenset(
-    {"pm_card_threeDSecure2Required", "pm_card_authenticationRequired", "pm_card_threeDSecureRequired"}
+TOKENS: dict[str, Outcome] = {
+    "tok_visa": "succeeds",
+    "tok_visa_debit": "succeeds",
+    "tok_mastercard": "succeeds",
+    "tok_amex": "succeeds",
+    "tok_chargeDeclined": _GENERIC,
+    "tok_visa_chargeDeclined": _GENERIC,
+    "tok_chargeDeclinedInsufficientFunds": _NO_FUNDS,
+    "tok_visa_chargeDeclinedInsufficientFunds": _NO_FUNDS,
+    "tok_chargeDeclinedExpiredCard": _EXPIRED,
+    "tok_threeDSecure2Required": "3ds",
+    "tok_threeDSecureRequired": "3ds",
+    "tok_authenticationRequired": "3ds",
+}
+# As live Stripe lists them in its "Invalid currency" message.
+CURRENCIES = (
+    "usd, aed, afn, all, amd, ang, aoa, ars, aud, awg, azn, bam, bbd, bdt, bgn, bhd, bif, bmd, bnd, bob, "
+    "brl, bsd, bwp, byn, bzd, cad, cdf, chf, clp, cny, cop, crc, cve, czk, djf, dkk, dop, dzd, egp, etb, "
+    "eur, fjd, fkp, gbp, gel, gip, gmd, gnf, gtq, gyd, hkd, hnl, hrk, htg, huf, idr, ils, inr, isk, jmd, "
+    "jod, jpy, kes, kgs, khr, kmf, krw, kwd, kyd, kzt, lak, lbp, lkr, lrd, lsl, mad, mdl, mga, mkd, mmk, "
+    "mnt, mop, mro, mur, mvr, mwk, mxn, myr, mzn, nad, ngn, nio, nok, npr, nzd, omr, pab, pen, pgk, php, "
+    "pkr, pln, pyg, qar, ron, rsd, rub, rwf, sar, sbd, scr, sek, sgd, shp, sle, sll, sos, srd, std, szl, "
+    "thb, tjs, tnd, top, try, ttd, twd, tzs, uah, ugx, uyu, uzs, vnd, vuv, wst, xaf, xcd, xof, xpf, yer, "
+    "zar, zmw, usdc, btn, ghs, eek, lvl, svc, vef, ltl"
 )
+SUPPORTED_CURRENCIES = frozenset(CURRENCIES.split(", "))
+# Minimum charge amounts in minor units (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts) and
+# how Stripe writes them; currencies not listed must convert to at least 50 US cents, which the fake does
+# not check.
+MINIMUM_AMOUNTS: dict[str, tuple[int, str]] = {
+    "usd": (50, "$0.50"),
+    "aud": (50, "$0.50"),
+    "cad": (50, "$0.50"),
+    "eur": (50, "\u20ac0.50"),
+    "gbp": (30, "\u00a30.30"),
+    "jpy": (50, "\u00a550"),
+}
 
 
 @dataclass
@@ -223,9 +309,9 @@ def stripe_app(state: StripeState) -> Starlette:
                 media_type="application/json",
                 headers={"Idempotent-Replayed": "true", "Idempotency-Key": key, "Request-Id": _new_id("req")},
             )
-        status, payload = _create_intent(_unflatten(items), state)
+        status, payload, executed = _create_intent(_unflatten(items), state)
         body = json.dumps(payload).encode()
-        if key is not None and status != 400:
+        if key is not None and executed:
             state.idempotency[key] = (fingerprint, status, body)
         record.status_code = status
         headers = {"Request-Id": _new_id("req")}
@@ -247,6 +333,7 @@ def stripe_app(state: StripeState) -> Starlette:
                 {
                     "type": "invalid_request_error",
                     "code": "resource_missing",
+                    "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
                     "param": "intent",
                     "message": f"No such payment_intent: '{pi_id}'",
                 },
@@ -262,48 +349,118 @@ def stripe_app(state: StripeState) -> Starlette:
     )
 
 
-def _missing(param: str) -> tuple[int, dict[str, Any]]:
-    return 400, {
-        "error": {
-            "type": "invalid_request_error",
-            "code": "parameter_missing",
-            "param": param,
-            "message": f"Missing required param: {param}.",
-        }
-    }
+Refusal = tuple[int, dict[str, Any]]
 
 
-def _create_intent(params: dict[str, Any], state: StripeState) -> tuple[int, dict[str, Any]]:
-    """Stripe's create-PaymentIntent semantics for card test payment methods; returns (status, body)."""
-    for required in ("amount", "currency"):
-        if not params.get(required):
-            return _missing(required)
-    try:
-        amount = int(params["amount"])
-    except ValueError:
-        amount = 0
+def _invalid(message: str, param: str, code: str | None = None, **extra: Any) -> Refusal:
+    error: dict[str, Any] = {"type": "invalid_request_error", "message": message, "param": param}
+    if code is not None:
+        error.update(code=code, doc_url=f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}")
+    return 400, {"error": {**error, **extra}}
+
+
+def _missing(param: str) -> Refusal:
+    return _invalid(f"Missing required param: {param}.", param, "parameter_missing")
+
+
+def _no_such_payment_method(pm: str) -> Refusal:
+    return _invalid(
+        f"No such PaymentMethod: '{pm}'; It's possible this PaymentMethod exists on one of your connected "
+        "accounts, in which case you should retry this request on that connected account. Learn more at "
+        "https://stripe.com/docs/connect/authentication",
+        "payment_method",
+        "resource_missing",
+    )
+
+
+def _check_amount(params: dict[str, Any]) -> Refusal | int:
+    """The amount in minor units, or Stripe's refusal of it (checked before the currency, as Stripe does)."""
+    if not params.get("amount"):
+        return _missing("amount")
+    raw = params["amount"]
+    if not isinstance(raw, str) or not raw.lstrip("-").isdigit():
+        return _invalid(f"Invalid integer: {raw}", "amount", "parameter_invalid_integer")
+    amount = int(raw)
     if amount < 1:
-        return 400, {
-            "error": {
-                "type": "invalid_request_error",
-                "code": "parameter_invalid_integer",
-                "param": "amount",
-                "message": "This value must be greater than or equal to 1.",
-            }
-        }
-    pm = params.get("payment_method")
-    if pm is not None and pm not in SUCCEEDS | NEEDS_3DS | DECLINES.keys():
-        return 400, {
-            "error": {
-                "type": "invalid_request_error",
-                "code": "resource_missing",
-                "param": "payment_method",
-                "message": f"No such PaymentMethod: '{pm}'",
-            }
-        }
+        return _invalid(
+            "This value must be greater than or equal to 1.", "amount", "parameter_invalid_integer"
+        )
+    return amount
+
+
+def _check_currency(params: dict[str, Any], amount: int) -> Refusal | str:
+    if not params.get("currency"):
+        return _missing("currency")
+    raw = params["currency"]
+    currency = raw.lower() if isinstance(raw, str) else ""
+    if currency not in SUPPORTED_CURRENCIES:
+        return _invalid(
+            f"Invalid currency: {raw}. Stripe currently supports these currencies: {CURRENCIES}", "currency"
+        )
+    minimum = MINIMUM_AMOUNTS.get(currency)
+    if minimum is not None and amount < minimum[0]:
+        return _invalid(f"Amount must be at least {minimum[1]} {currency}", "amount", "amount_too_small")
+    return currency
+
+
+def _payment_method_of(
+    params: dict[str, Any],
+) -> tuple[int, dict[str, Any]] | tuple[str | None, Outcome | None]:
+    """``(PaymentMethod id, outcome)`` from ``payment_method`` or ``payment_method_data``, ``(None, None)``
+    when neither was sent, or Stripe's refusal."""
+    pm, data = params.get("payment_method"), params.get("payment_method_data")
+    if pm is not None and data is not None:
+        return _invalid(
+            "You may only specify one of these parameters: payment_method, payment_method_data.",
+            "payment_method_data",
+            "parameters_exclusive",
+        )
+    if pm is not None:
+        pm = str(pm)
+        if pm.startswith("tok_"):
+            return _invalid(
+                "A token may not be passed in as a PaymentMethod. Instead, use payment_method_data with "
+                f"type=card and card[token]={pm}.",
+                "payment_method",
+            )
+        if pm not in PAYMENT_METHODS:
+            return _no_such_payment_method(pm)
+        return pm, PAYMENT_METHODS[pm]
+    if data is None:
+        return None, None
+    if not isinstance(data, dict) or not data.get("type"):
+        return _missing("payment_method_data[type]")
+    if data["type"] != "card":
+        return _invalid(
+            "This local Stripe knows only card PaymentMethods made from test tokens.",
+            "payment_method_data[type]",
+        )
+    card = data.get("card")
+    token = card.get("token") if isinstance(card, dict) else None
+    if not token:
+        return _missing("payment_method_data[card][token]")
+    if token not in TOKENS:
+        return _invalid(f"No such token: '{token}'", "payment_method_data[card][token]", "resource_missing")
+    return _new_id("pm"), TOKENS[str(token)]
+
+
+def _create_intent(params: dict[str, Any], state: StripeState) -> tuple[int, dict[str, Any], bool]:
+    """Stripe's create-PaymentIntent semantics for card test payment methods.
+
+    Returns (status, body, executed): ``executed`` is false when the parameters were refused before any
+    object was made, and Stripe's idempotency layer then stores nothing.
+    """
+    amount = _check_amount(params)
+    if isinstance(amount, tuple):
+        return (*amount, False)
+    currency = _check_currency(params, amount)
+    if isinstance(currency, tuple):
+        return (*currency, False)
+    found = _payment_method_of(params)
+    if isinstance(found[0], int):
+        return (found[0], found[1], False)
+    pm, outcome = found
     confirm = params.get("confirm") == "true"
-    if confirm and pm is None:
-        return _missing("payment_method")
     pi_id = _new_id("pi")
     types = params.get("allowed_payment_method_types") or params.get("payment_method_types") or ["card"]
     intent: dict[str, Any] = {
@@ -319,7 +476,7 @@ def _create_intent(params: dict[str, Any], state: StripeState) -> tuple[int, dic
         "client_secret": f"{pi_id}_secret_{secrets.token_urlsafe(18)}",
         "confirmation_method": "automatic",
         "created": int(time.time()),
-        "currency": str(params["currency"]).lower(),
+        "currency": currency,
         "customer": None,
         "description": params.get("description"),
         "last_payment_error": None,
@@ -333,32 +490,24 @@ def _create_intent(params: dict[str, Any], state: StripeState) -> tuple[int, dic
     }
     state.intents[pi_id] = intent
     if not confirm:
-        return 200, intent
-    if pm in SUCCEEDS:
+        return 200, intent, True
+    if pm is None:
+        status, body = _invalid(
+            "You cannot confirm this PaymentIntent because it's missing a payment method. You can either "
+            "update the PaymentIntent with a payment method and then confirm it again, or confirm it again "
+            "directly with a payment method.",
+            "payment_method",
+            "payment_intent_unexpected_state",
+            payment_intent=intent,
+        )
+        return status, body, True
+    if outcome == "succeeds":
         intent.update(status="succeeded", amount_received=amount, latest_charge=_new_id("ch"))
-        return 200, intent
-    if pm in NEEDS_3DS:
-        return_url = params.get("return_url")
-        if return_url:
-            action: dict[str, Any] = {
-                "type": "redirect_to_url",
-                "redirect_to_url": {
-                    "return_url": return_url,
-                    "url": f"https://hooks.stripe.com/3d_secure_2/hosted?payment_intent={pi_id}"
-                    f"&payment_intent_client_secret={intent['client_secret']}",
-                },
-            }
-        else:
-            action = {
-                "type": "use_stripe_sdk",
-                "use_stripe_sdk": {
-                    "type": "stripe_3ds2_fingerprint",
-                    "three_d_secure_2_source": _new_id("src"),
-                },
-            }
-        intent.update(status="requires_action", next_action=action)
-        return 200, intent
-    code, decline_code, message = DECLINES[str(pm)]
+        return 200, intent, True
+    if outcome == "3ds":
+        return 200, _needs_authentication(intent, params.get("return_url")), True
+    assert isinstance(outcome, tuple)
+    code, decline_code, message = outcome
     charge_id = _new_id("ch")
     error = {
         "type": "card_error",
@@ -370,7 +519,27 @@ def _create_intent(params: dict[str, Any], state: StripeState) -> tuple[int, dic
         "payment_method": _payment_method(pm),
     }
     intent.update(status="requires_payment_method", latest_charge=charge_id, last_payment_error=dict(error))
-    return 402, {"error": {**error, "payment_intent": intent}}
+    return 402, {"error": {**error, "payment_intent": intent}}, True
+
+
+def _needs_authentication(intent: dict[str, Any], return_url: Any) -> dict[str, Any]:
+    pi_id = intent["id"]
+    if return_url:
+        action: dict[str, Any] = {
+            "type": "redirect_to_url",
+            "redirect_to_url": {
+                "return_url": return_url,
+                "url": f"https://hooks.stripe.com/3d_secure_2/hosted?payment_intent={pi_id}"
+                f"&payment_intent_client_secret={intent['client_secret']}",
+            },
+        }
+    else:
+        action = {
+            "type": "use_stripe_sdk",
+            "use_stripe_sdk": {"type": "stripe_3ds2_fingerprint", "three_d_secure_2_source": _new_id("src")},
+        }
+    intent.update(status="requires_action", next_action=action)
+    return intent
 
 
 def payment_intent_event(
