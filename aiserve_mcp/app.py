@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.migrate()
+        await services.market.end_leftover_local()  # workers never outlive the server that started them
         try:
             async with mcp_http.running(), anyio.create_task_group() as background:
                 background.start_soon(services.market.expire_forever, settings.expiry_check_interval_s)

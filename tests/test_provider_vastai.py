@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,14 @@ from aiserve_mcp.providers.base import (
     ProviderRateLimited,
     RentRequest,
 )
-from aiserve_mcp.providers.vastai import DISK_GB, VastAiProvider, seconds_to_utc_midnight, vram_gb
+from aiserve_mcp.providers.vastai import (
+    DEFAULT_IMAGE,
+    DISK_GB,
+    VastAiProvider,
+    seconds_to_utc_midnight,
+    vram_gb,
+)
+from aiserve_mcp.worker.bundle import BundleInfo, WorkerBundle, WorkerLaunch
 from tests.conftest import free_port, serve
 from tests.fakes.vastai_server import API_KEY, HOURS_PER_MONTH, VastAiState, make_offers, vastai_app
 
@@ -42,8 +50,25 @@ class Fake:
     provider: VastAiProvider
 
 
+class FixedBundle(WorkerBundle):
+    """A worker bundle that is already built: these tests are about the marketplace, not the wheel."""
+
+    def __init__(self, where: Path) -> None:
+        super().__init__(where)
+        self._info = BundleInfo("aiserve", "0.0.0", "aiserve-0.0.0-py3-none-any.whl", "0" * 64, 1, where)
+
+    async def info(self) -> BundleInfo:
+        return self._info
+
+
 @pytest.fixture
-async def fake() -> AsyncIterator[Fake]:
+def launch(tmp_path: Path) -> WorkerLaunch:
+    """The worker start-up of a server on loopback (the fake marketplace runs there too)."""
+    return WorkerLaunch(None, FixedBundle(tmp_path), "http://127.0.0.1:8080")
+
+
+@pytest.fixture
+async def fake(launch: WorkerLaunch) -> AsyncIterator[Fake]:
     state = VastAiState(
         offers=[
             offer(
@@ -59,7 +84,7 @@ async def fake() -> AsyncIterator[Fake]:
         ]
     )
     async with serve(vastai_app(state)) as url, httpx.AsyncClient(timeout=5) as client:
-        yield Fake(state, url, VastAiProvider(client, url, API_KEY))
+        yield Fake(state, url, VastAiProvider(client, url, API_KEY, launch))
 
 
 def ids(offers: list[Any]) -> set[str]:
@@ -135,9 +160,9 @@ async def test_every_request_carries_the_bearer_key(fake: Fake) -> None:
     assert set(fake.state.authorizations) == {f"Bearer {API_KEY}"}
 
 
-async def test_wrong_key_is_a_provider_failure(fake: Fake) -> None:
+async def test_wrong_key_is_a_provider_failure(fake: Fake, launch: WorkerLaunch) -> None:
     async with httpx.AsyncClient() as client:
-        wrong = VastAiProvider(client, fake.url, "not-the-key")
+        wrong = VastAiProvider(client, fake.url, "not-the-key", launch)
         with pytest.raises(ProviderFailed):
             await wrong.rent(RentRequest("101", 1, "ct_1"))
     assert fake.state.instances == {} and not fake.state.offers[0]["rented"]
@@ -184,7 +209,7 @@ async def test_rent_then_status_goes_provisioning_to_running(fake: Fake) -> None
     worker_token = {"AISERVE_WORKER_TOKEN": rental.access_token}
     assert payload["env"] == {"AISERVE_TOKEN": "t0k", "-p 8000:8000": "1", **worker_token}
     assert payload["cancel_unavail"] is True and payload["price"] is None and payload["client_id"] == "me"
-    assert payload["disk"] == DISK_GB and "aiserve worker" in payload["onstart"]
+    assert payload["disk"] == DISK_GB and "worker --host" in payload["onstart"]
 
     first = await fake.provider.status(rental.instance_id)
     assert first.status == "provisioning" and first.endpoint is None
@@ -203,9 +228,55 @@ async def test_rent_of_a_gone_offer(fake: Fake) -> None:
 
 async def test_rent_refused_at_create(fake: Fake) -> None:
     fake.state.refuse_create.add("101")  # rented by someone else between lookup and create
-    with pytest.raises(OfferUnavailable, match="not available"):
+    with pytest.raises(OfferUnavailable, match="not available") as caught:
         await fake.provider.rent(RentRequest("101", 1, "ct_1"))
+    assert caught.value.details["upstream_status"] == 404  # vast.ai: 404 invalid_args no_such_ask
     assert ("PUT", "/api/v0/asks/101/") in fake.state.requests and fake.state.instances == {}
+
+
+async def test_rent_of_a_machine_that_cannot_start_now(fake: Fake) -> None:
+    fake.state.cannot_start.add("101")  # cancel_unavail: vast.ai answers 410 rather than wait
+    with pytest.raises(OfferUnavailable, match="no longer available") as caught:
+        await fake.provider.rent(RentRequest("101", 1, "ct_1"))
+    assert caught.value.details["upstream_status"] == 410
+    assert fake.state.instances == {} and not fake.state.offers[0]["rented"]
+
+
+async def test_rent_keeps_the_port_mapping_in_the_instance_env(fake: Fake) -> None:
+    rental = await fake.provider.rent(RentRequest("101", 1, "ct_1", env={"MODEL": "m"}))
+    extra_env = fake.state.instances[int(rental.instance_id)]["extra_env"]
+    assert ["-p 8000:8000", "1"] in extra_env and ["MODEL", "m"] in extra_env
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "limit"),
+    [({"env": {"HF_TOKEN": "x" * 257}}, "256"), ({"label": "c" * 257}, "256")],
+)
+async def test_rent_over_vast_limits_is_refused_and_creates_nothing(
+    fake: Fake, request_fields: dict[str, Any], limit: str
+) -> None:
+    fields: dict[str, Any] = {"offer_id": "101", "duration_hours": 1, "label": "ct_1", **request_fields}
+    with pytest.raises((OfferUnavailable, ProviderFailed), match=limit) as caught:
+        await fake.provider.rent(RentRequest(**fields))
+    assert caught.value.details["upstream_status"] == 400
+    assert fake.state.instances == {} and not fake.state.offers[0]["rented"]
+
+
+async def test_an_image_that_does_not_exist_never_runs(fake: Fake) -> None:
+    fake.state.missing_images.add(DEFAULT_IMAGE)
+    rental = await fake.provider.rent(RentRequest("101", 1, "ct_1"))
+    states = [await fake.provider.status(rental.instance_id) for _ in range(5)]
+    assert all(state.status != "running" for state in states)
+    assert states[-1].message is not None and "manifest unknown" in states[-1].message
+    assert fake.state.instances[int(rental.instance_id)]["actual_status"] == "created"
+
+
+async def test_an_image_that_does_not_exist_reads_as_failed(fake: Fake) -> None:
+    fake.state.missing_images.add(DEFAULT_IMAGE)
+    rental = await fake.provider.rent(RentRequest("101", 1, "ct_1"))
+    for _ in range(3):
+        state = await fake.provider.status(rental.instance_id)
+    assert state.status == "failed"
 
 
 async def test_failed_create_destroys_the_contract_it_left(fake: Fake) -> None:
@@ -331,3 +402,72 @@ async def test_fake_offers_are_realistic() -> None:
     assert len(found) == sum(1 for o in offers if o["gpu_ram"] >= 80 * 1024 * 0.93 and o["verified"])
     per_gpu = [o.price_per_gpu_hour for o in found]
     assert Decimal("0.5") < min(per_gpu) and max(per_gpu) < Decimal("3.5")
+
+
+# The fake itself: it must refuse what vast.ai refuses, with vast.ai's body, so that a change that makes it
+# kinder fails here.
+
+
+async def test_the_fake_refuses_create_bodies_vast_refuses(fake: Fake) -> None:
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    good = {"image": "ubuntu:22.04", "disk": 16, "runtype": "ssh_direct", "env": {"-p 8000:8000": "1"}}
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({**good, "env": "-e A=1 -p 8000:8000"}, "invalid_args"),
+        ({**good, "image": "i" * 1025}, "invalid_args"),
+        ({"disk": 16}, "invalid_args"),
+        ({**good, "onstart": "o" * 4000, "args_str": "a" * 97}, "invalid_args"),
+        ({**good, "label": "l" * 257}, "invalid_args"),
+        ({**good, "env": {"A": "v" * 257}}, "invalid_args"),
+        ({**good, "env": {f"K{i}": "v" * 250 for i in range(140)}}, "invalid_args"),
+        ({**good, "disk": 7.5}, "invalid_args"),
+        ({**good, "runtype": "docker"}, "invalid_args"),
+        ({**good, "price": 500}, "invalid_price"),
+    ]
+    async with httpx.AsyncClient(base_url=fake.url, headers=auth) as http:
+        for body, error in refusals:
+            answer = await http.put("/api/v0/asks/101/", json=body)
+            assert answer.status_code == 400, body
+            assert answer.json()["success"] is False and answer.json()["error"] == error, body
+        assert fake.state.instances == {}
+        unknown = await http.put("/api/v0/asks/999/", json=good)
+        assert unknown.status_code == 404 and unknown.json() == {
+            "success": False,
+            "error": "invalid_args",
+            "msg": "error 404/3603: no_such_ask Instance type by id 999 is not available.",
+            "ask_id": 999,
+        }
+        fake.state.cannot_start.add("101")
+        gone = await http.put("/api/v0/asks/101/", json={**good, "cancel_unavail": True})
+        assert gone.status_code == 410 and gone.json()["error"] == "no_such_ask"
+        assert gone.json()["msg"] == "error 410/3907: no_such_ask Instance type 101 is no longer available."
+        fake.state.cannot_start.clear()
+        created = await http.put("/api/v0/asks/101/", json=good)
+        assert created.status_code == 200 and created.json()["success"] is True
+        contract = created.json()["new_contract"]
+        assert fake.state.instances[contract]["extra_env"] == [["-p 8000:8000", "1"]]
+        assert (await http.delete(f"/api/v0/instances/{contract}/")).json()["success"] is True
+        missing = await http.delete(f"/api/v0/instances/{contract}/")
+        assert missing.status_code == 404 and missing.json() == {
+            "success": False,
+            "error": "not_found",
+            "msg": "Instance not found",
+        }
+        bad_id = await http.delete("/api/v0/instances/abc/")
+        assert bad_id.status_code == 400 and bad_id.json()["msg"] == "invalid instance_id"
+        unauthenticated = await http.put(
+            "/api/v0/asks/101/", json=good, headers={"Authorization": "Bearer x"}
+        )
+        assert unauthenticated.status_code == 401 and unauthenticated.json() == {
+            "success": False,
+            "error": "auth_error",
+            "msg": "Invalid user key",
+        }
+        fake.state.throttle_next = 2
+        throttled = await http.put("/api/v0/asks/101/", json=good)
+        assert throttled.status_code == 429
+        assert throttled.json() == {"detail": "API requests too frequent endpoint threshold=4.5"}
+        destroy_throttled = await http.delete("/api/v0/instances/1/")
+        assert (
+            destroy_throttled.status_code == 429
+            and destroy_throttled.json()["error"] == "rate_limit_exceeded"
+        )

@@ -20,6 +20,7 @@ async def serve_stdio(settings: Settings) -> None:
     services = Services.create(settings)
     try:
         await services.migrate()
+        await services.market.end_leftover_local()
         principal = await services.accounts.authenticate(settings.api_key.get_secret_value())
         server = build_mcp_server(
             services, REGISTRY, lambda _ctx: principal, lambda _ctx: None, surface="stdio"

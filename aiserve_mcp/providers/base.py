@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from aiserve_mcp.errors import Conflict, RateLimited, ServiceUnavailable, UpstreamFailed
 
@@ -119,3 +119,15 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class StartsWorkers(Protocol):
+    """A marketplace whose machines fetch the worker bundle from this platform and start it (vast.ai,
+    io.net). The market asks before anything is stored or held, so that a rent whose machine could never
+    serve is refused at once."""
+
+    async def check_worker_start(self) -> None:
+        """Raise ``BundleUnavailable`` (HTTP 503 naming AISERVE_PUBLIC_URL) when a rented machine could not
+        fetch the worker, or the bundle cannot be built."""
+        ...

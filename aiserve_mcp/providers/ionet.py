@@ -1,25 +1,33 @@
-"""io.net VM marketplace (VMaaS): hardware list, deploy, VM status and destroy.
+"""io.net Container-as-a-Service (CaaS): hardware list, deploy a container that starts the worker, status,
+destroy.
 
-Reading of the API (``https://api.io.solutions``, docs io.net/docs/reference/vmaas/*):
+io.net's VM API has no image, environment or command field, so a rented VM could never start the worker;
+its container API can. Reading of the API (``https://api.io.solutions/enterprise/v1/io-cloud/caas``,
+io.net/docs/reference/caas/*, the official SDK ``ionet-cloud``; details in ``tests/fakes/ionet_server.py``):
 
-- ``GET /enterprise/v1/io-cloud/vmaas/hardware`` answers ``{"data": {"hardware": [row, ...]}}``. A row is one
-  rentable configuration: ``id`` (``"12__2"``, ``"B200_sxm6x8__US"``) names hardware + card count + location,
-  ``deploy_id`` (int or str) is what ``deploy`` takes, ``num_cards`` GPUs of ``vram_per_card`` GB each,
-  ``price`` USD per hour for the whole configuration (``12__1`` costs 0.3, ``12__2`` 0.6), ``memory`` and
-  ``storage`` in GB, ``location`` an ISO country code, ``sold_out`` a flag. CPU-only and unpriced rows are
-  skipped.
-- ``POST .../vmaas/deploy`` takes a closed schema (unknown fields are a 422) and is paid up front for
-  ``duration_hours`` (1..8760); the first hour is never refunded. The reference leaves its 200 body open; it
-  is read as CaaS's ``{"status": ..., "deployment_id": "<uuid>"}``, also accepted inside ``data``.
-- ``GET .../vmaas/deployment/{id}/vms`` answers ``{"data": {"total", "workers": [...]}}``; each worker has a
-  free-form ``status`` and ``network_services`` ``{name: {"public_ip", "public_port", ...}}``.
-- ``DELETE .../vmaas/deployment/{id}`` destroys the deployment and refunds unused hours pro rata.
-- Errors are FastAPI's: 422 ``{"detail": [{"loc", "msg", "type"}]}``, others ``{"detail": "message"}``.
+- ``GET /hardware`` answers ``{"data": {"hardware": [row, ...]}}``; a row is one rentable configuration:
+  ``id`` (``"12__2"``), the integer ``hardware_id`` a deploy takes, ``num_cards`` GPUs of ``vram_per_card``
+  GB, ``price`` USD per hour for the whole configuration, ``location`` an ISO country code, ``sold_out`` and
+  ``available_replicas``. CPU-only and unpriced rows are skipped.
+- ``GET /available-replicas?hardware_id=&hardware_qty=`` lists ``{"id", "iso2", "available_replicas"}`` per
+  location: the integer location id a deploy takes, and whether a container fits there now.
+- ``POST /deploy`` takes a closed schema (an unknown field is a 422): the configuration, ``duration_hours``
+  (1..8760, paid up front; the first hour is never refunded), one location, ``container_config`` (one
+  replica, traffic port 8000, environment, secret environment, entrypoint and args) and ``registry_config``
+  (the image). It answers ``{"status", "deployment_id": "<uuid>"}``.
+- ``GET /deployment/{id}`` answers ``{"data": {"status", ...}}`` (deployment requested, deploying, running,
+  completed, failed, termination requested, terminated, destroyed); ``GET /deployment/{id}/containers``
+  ``{"data": {"workers": [{"status", "public_url", ...}]}}``, where ``public_url`` stays null until io.net's
+  own health check of the container passes.
+- ``DELETE /deployment/{id}`` destroys it (unused hours are refunded pro rata).
+- Errors: business refusals ``{"status": "failed", "error": "..."}``, FastAPI's 401 ``{"detail": "..."}``
+  and 422 ``{"detail": [{"loc", "msg", "type"}]}``.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -41,26 +49,35 @@ from aiserve_mcp.providers.base import (
 )
 from aiserve_mcp.providers.http import HttpMarketplace, send
 from aiserve_mcp.services.gpu_catalog import normalise_name
+from aiserve_mcp.worker import TOKEN_ENV
+from aiserve_mcp.worker.bundle import WORKER_PORT, BundleUnavailable, WorkerLaunch
 
-API = "/enterprise/v1/io-cloud/vmaas"
+NAME = "ionet"
+API = "/enterprise/v1/io-cloud/caas"
 MAX_DURATION_HOURS = 8760
-WORKER_PORT = 8000  # the port the worker serves on inside the VM, published through network service "http"
-WORKER_SERVICE = "http"
+IMAGE = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime"  # python3 and CUDA torch; the script adds the rest
+ENTRYPOINT = ["/bin/sh", "-c"]  # the start-up script is the one argument
 
-# Worker statuses are free-form strings in the reference; deployments use "deployment requested", "running",
-# "completed", "failed", "termination requested", "destroyed". Anything not listed here is still starting.
-_RUNNING = frozenset({"running", "active", "online", "ready"})
-_FAILED = frozenset({"failed", "error", "unhealthy"})
-_GONE = frozenset({"destroyed", "terminated", "completed", "termination requested", "stopped", "expired"})
+_FAILED = frozenset({"failed", "error"})
+_GONE = frozenset({"completed", "termination requested", "terminated", "destroyed", "expired"})
 _TOKENS = re.compile(r"[a-z0-9]+")
 
 
-def _detail(response: httpx.Response) -> str:
-    """The provider's own explanation: FastAPI's ``detail`` string or validation list, else the raw text."""
+def _body(response: httpx.Response) -> dict[str, Any]:
     try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        return response.text[:200] or f"HTTP {response.status_code}"
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _detail(response: httpx.Response) -> str:
+    """io.net's own explanation: a business error's ``error``, FastAPI's ``detail`` string or validation
+    list, else the raw text."""
+    body = _body(response)
+    if body.get("status") == "failed" and body.get("error"):
+        return str(body["error"])
+    detail = body.get("detail")
     if isinstance(detail, list):
         parts = []
         for item in detail[:5]:
@@ -83,31 +100,34 @@ def _offer(row: dict[str, Any]) -> Offer | None:
     try:
         num_gpus, name = int(row["num_cards"]), str(row["name"]).strip()
         price, vram = Decimal(str(row["price"])), int(row.get("vram_per_card") or 0)
-        offer_id, deploy_id = str(row["id"]), row["deploy_id"]
+        offer_id, hardware_id = str(row["id"]), row["hardware_id"]
     except (KeyError, TypeError, ValueError, InvalidOperation):
         return None
     if num_gpus < 1 or not name or not price.is_finite() or price <= 0:
         return None
-    if not isinstance(deploy_id, int | str):
+    if not isinstance(hardware_id, int) or isinstance(hardware_id, bool):
         return None
+    replicas = row.get("available_replicas")
     return Offer(
-        provider="ionet",
+        provider=NAME,
         offer_id=offer_id,
         gpu_model=name,
         num_gpus=num_gpus,
         vram_gb=vram,
         price_per_hour=price,
         location=str(row.get("location") or ""),
-        available=not row.get("sold_out", False),
+        available=not row.get("sold_out", False) and replicas != 0,
         reliability=None,
         extras={
-            "deploy_id": deploy_id,
+            "hardware_id": hardware_id,
+            "brand_name": row.get("brand_name"),
             "supplier": row.get("supplier"),
             "vcpu": row.get("vcpu"),
             "memory_gb": row.get("memory"),
             "storage_gb": row.get("storage"),
             "interconnect": row.get("interconnect"),
             "nvlink": bool(row.get("nvlink", False)),
+            "available_replicas": replicas if isinstance(replicas, int) else None,
         },
     )
 
@@ -122,23 +142,42 @@ def _retry_only_429(response: httpx.Response) -> bool:
 
 
 class IoNetProvider(HttpMarketplace):
-    """io.net VMaaS behind the ``Provider`` protocol. Prepaid: a rental pays ``duration_hours`` up front.
+    """io.net CaaS behind the ``Provider`` protocol. Prepaid: a rental pays ``duration_hours`` up front.
+
+    A rental is one container of the offer's image running the ``launch`` start-up script (fetch the worker
+    bundle from this platform, check its hash, install, start ``aiserve worker`` on port 8000, the traffic
+    port), with ``RentRequest.env`` as its environment and the worker's token as a secret variable. It is
+    running once io.net publishes the container's ``public_url``, which becomes the endpoint.
 
     ``search`` filters client-side: VRAM per card, whole-offer price, GPU model by whole words, location by
-    case-insensitive substring. ``RentRequest.env`` cannot be delivered: the VMaaS deploy schema has no
-    environment field. The worker is published through network service ``http`` on port 8000."""
+    case-insensitive substring."""
 
-    name = "ionet"
+    name = NAME
     billing: Billing = "prepaid"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str | None,
+        launch: WorkerLaunch | None = None,
+    ) -> None:
+        super().__init__(client, base_url, api_key)
+        self._launch = launch
+
+    def _require(self) -> None:
+        if not self._key:
+            raise ProviderNotConfigured(
+                "io.net is not configured: set AISERVE_IONET_API_KEY", {"provider": NAME}
+            )
 
     async def _send(
         self, method: str, path: str, *, final: Callable[[httpx.Response], bool] = _never, **kwargs: Any
     ) -> httpx.Response:
-        if not self._key:
-            raise ProviderNotConfigured("io.net is not configured: set AISERVE_IONET_API_KEY")
-        headers = {"x-api-key": self._key, "accept": "application/json"}
+        self._require()
+        headers = {"x-api-key": self._key or "", "accept": "application/json"}
         url = f"{self._base}{API}{path}"
-        response = await send(self._client, self.name, method, url, headers=headers, final=final, **kwargs)
+        response = await send(self._client, NAME, method, url, headers=headers, final=final, **kwargs)
         if response.status_code in (401, 403):
             raise self._failed(response, "refused the API key")
         return response
@@ -146,21 +185,32 @@ class IoNetProvider(HttpMarketplace):
     def _failed(self, response: httpx.Response, what: str) -> ProviderFailed:
         return ProviderFailed(
             f"io.net {what} (HTTP {response.status_code}): {_detail(response)}",
-            {"provider": self.name, "upstream_status": response.status_code},
+            {"provider": NAME, "upstream_status": response.status_code},
         )
 
-    def _about(self, request: RentRequest) -> dict[str, Any]:
-        return {"provider": self.name, "offer_id": request.offer_id}
+    @staticmethod
+    def _about(request: RentRequest) -> dict[str, Any]:
+        return {"provider": NAME, "offer_id": request.offer_id}
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise ProviderFailed("io.net answered with a body that is not JSON", {"provider": "ionet"})
+        body = _body(response)
+        if not body:
+            raise ProviderFailed("io.net answered with a body that is not a JSON object", {"provider": NAME})
         return body
+
+    async def _script(self) -> str:
+        if self._launch is None:
+            raise BundleUnavailable(
+                "cannot start a worker on a rented machine: the worker start-up is not configured "
+                "(AISERVE_PUBLIC_URL)",
+                {"setting": "AISERVE_PUBLIC_URL", "provider": NAME},
+            )
+        return await self._launch.script(self._base)
+
+    async def check_worker_start(self) -> None:
+        self._require()
+        await self._script()
 
     async def _hardware(self) -> list[Offer]:
         response = await self._send("GET", "/hardware")
@@ -169,7 +219,7 @@ class IoNetProvider(HttpMarketplace):
         data = self._json(response).get("data")
         rows = data.get("hardware") if isinstance(data, dict) else None
         if not isinstance(rows, list):
-            raise ProviderFailed("io.net hardware list has no data.hardware array", {"provider": self.name})
+            raise ProviderFailed("io.net hardware list has no data.hardware array", {"provider": NAME})
         return [offer for row in rows if isinstance(row, dict) and (offer := _offer(row)) is not None]
 
     async def search(self, query: OfferQuery) -> list[Offer]:
@@ -189,74 +239,110 @@ class IoNetProvider(HttpMarketplace):
     async def get_offer(self, offer_id: str) -> Offer | None:
         return next((o for o in await self._hardware() if o.offer_id == offer_id), None)
 
+    async def _location_id(self, offer: Offer, request: RentRequest) -> int:
+        """The id of the offer's location, where a container of it fits now; ``OfferUnavailable`` else."""
+        params = {"hardware_id": offer.extras["hardware_id"], "hardware_qty": offer.num_gpus}
+        response = await self._send("GET", "/available-replicas", params=params)
+        if response.status_code != 200:
+            raise self._failed(response, "did not report where the hardware is free")
+        data = self._json(response).get("data")
+        places = [p for p in data if isinstance(p, dict)] if isinstance(data, list) else []
+        for place in places:
+            iso2, free, place_id = place.get("iso2"), place.get("available_replicas"), place.get("id")
+            if (
+                str(iso2 or "").upper() == offer.location.upper()
+                and isinstance(free, int)
+                and free >= 1
+                and isinstance(place_id, int)
+            ):
+                return place_id
+        raise OfferUnavailable(
+            f"io.net offer {request.offer_id} is sold out in {offer.location or 'its location'}",
+            self._about(request),
+        )
+
     async def rent(self, request: RentRequest) -> Rental:
-        """Deploy one VM of the offer for ``duration_hours``, paid up front. 4xx refusals raise
-        ``OfferUnavailable`` with io.net's reason; 5xx raise ``ProviderFailed`` and are never retried."""
+        """Deploy one container of the offer for ``duration_hours``, paid up front. Refusals (4xx, or
+        ``{"status": "failed"}``) raise ``OfferUnavailable`` with io.net's reason; 5xx raise
+        ``ProviderFailed`` and are never retried."""
         if not 1 <= request.duration_hours <= MAX_DURATION_HOURS:
             raise ValidationFailed(
                 f"io.net rents for 1 to {MAX_DURATION_HOURS} hours",
-                {"provider": self.name, "duration_hours": request.duration_hours},
+                {"provider": NAME, "duration_hours": request.duration_hours},
             )
+        self._require()
+        script = await self._script()
         offer = await self.get_offer(request.offer_id)
         if offer is None or not offer.available:
             state = "gone" if offer is None else "sold out"
             raise OfferUnavailable(f"io.net offer {request.offer_id} is {state}", self._about(request))
+        location_id = await self._location_id(offer, request)
+        token = secrets.token_urlsafe(24)  # the worker answers only callers that present it
         body: dict[str, Any] = {
             "resource_private_name": request.label,
+            "hardware_id": offer.extras["hardware_id"],
             "duration_hours": request.duration_hours,
-            "gpus_per_vm": offer.num_gpus,
-            "hardware_id": offer.extras["deploy_id"],
-            "vm_image_type": "general",
-            "network_services": {
-                WORKER_SERVICE: {"port": WORKER_PORT, "protocol": "tcp", "whitelist": ["0.0.0.0/0"]}
+            "gpus_per_container": offer.num_gpus,
+            "location_ids": [location_id],
+            "container_config": {
+                "replica_count": 1,
+                "traffic_port": WORKER_PORT,
+                "env_variables": dict(request.env),
+                "secret_env_variables": {TOKEN_ENV: token},
+                "entrypoint": ENTRYPOINT,
+                "args": [script],
             },
+            "registry_config": {"image_url": IMAGE},
         }
-        if offer.location:
-            body["location_ids"] = [offer.location]
         response = await self._send("POST", "/deploy", json=body, final=_retry_only_429, idempotent=False)
-        if 400 <= response.status_code < 500:
-            reason = f"io.net refused the deployment: {_detail(response)}"
-            raise OfferUnavailable(reason, {**self._about(request), "upstream_status": response.status_code})
-        if response.status_code not in (200, 201):
+        answer = _body(response)
+        details = {**self._about(request), "upstream_status": response.status_code}
+        if 400 <= response.status_code < 500 or (response.is_success and answer.get("status") == "failed"):
+            raise OfferUnavailable(f"io.net refused the deployment: {_detail(response)}", details)
+        if not response.is_success:
             raise self._failed(response, "failed to deploy")
-        answer = self._json(response)
-        data = answer.get("data")
-        nested = data if isinstance(data, dict) else {}
-        deployment_id = answer.get("deployment_id") or nested.get("deployment_id") or nested.get("id")
+        deployment_id = answer.get("deployment_id")
         if not isinstance(deployment_id, str) or not deployment_id:
             raise ProviderFailed(
                 "io.net accepted the deployment but returned no deployment_id",
-                {"provider": self.name, "upstream": response.text[:200]},
+                {"provider": NAME, "upstream": response.text[:200]},
             )
-        return Rental(instance_id=deployment_id, status="provisioning", price_per_hour=offer.price_per_hour)
+        return Rental(
+            instance_id=deployment_id,
+            status="provisioning",
+            price_per_hour=offer.price_per_hour,
+            access_token=token,
+        )
 
     async def status(self, instance_id: str) -> InstanceState:
-        """The deployment's state from its VMs: running once a VM runs with a published public port."""
-        response = await self._send("GET", f"/deployment/{quote(instance_id, safe='')}/vms")
+        """The deployment's state: running once it runs and io.net has published a container's URL."""
+        path = f"/deployment/{quote(instance_id, safe='')}"
+        response = await self._send("GET", path)
         if response.status_code == 404:
             return InstanceState("destroyed", message="io.net no longer knows this deployment")
         if response.status_code != 200:
-            raise self._failed(response, "did not report the deployment's VMs")
+            raise self._failed(response, "did not report the deployment")
         data = self._json(response).get("data")
-        workers = data.get("workers") if isinstance(data, dict) else None
-        vms = [w for w in workers if isinstance(w, dict)] if isinstance(workers, list) else []
-        if not vms:
-            return InstanceState("provisioning", message="waiting for io.net to assign a VM")
-        statuses = [str(w.get("status") or "").strip().lower() for w in vms]
-        if any(s in _FAILED for s in statuses):
-            return InstanceState("failed", message=f"io.net VM status: {', '.join(statuses)}")
-        if all(s in _GONE for s in statuses):
-            return InstanceState("destroyed", message=f"io.net VM status: {statuses[0]}")
-        for worker, state in zip(vms, statuses, strict=True):
-            if state not in _RUNNING:
-                continue
-            services = worker.get("network_services") or {}
-            service = services.get(WORKER_SERVICE) if isinstance(services, dict) else None
-            if isinstance(service, dict) and service.get("public_ip") and service.get("public_port"):
-                endpoint = f"http://{service['public_ip']}:{service['public_port']}"
-                return InstanceState("running", endpoint=endpoint)
-            return InstanceState("provisioning", message="VM running; waiting for its public port")
-        return InstanceState("provisioning", message=f"io.net VM status: {', '.join(statuses)}")
+        status = str(data.get("status") or "").strip().lower() if isinstance(data, dict) else ""
+        if status in _FAILED:
+            return InstanceState("failed", message=f"io.net deployment status: {status}")
+        if status in _GONE:
+            return InstanceState("destroyed", message=f"io.net deployment status: {status}")
+        if status != "running":
+            return InstanceState("provisioning", message=f"io.net deployment status: {status or 'unknown'}")
+        response = await self._send("GET", f"{path}/containers")
+        if response.status_code != 200:
+            raise self._failed(response, "did not list the deployment's containers")
+        listed = self._json(response).get("data")
+        workers = listed.get("workers") if isinstance(listed, dict) else None
+        for worker in workers if isinstance(workers, list) else []:
+            url = worker.get("public_url") if isinstance(worker, dict) else None
+            running = isinstance(worker, dict) and str(worker.get("status") or "").lower() == "running"
+            if running and isinstance(url, str) and url.startswith(("https://", "http://")):
+                return InstanceState("running", endpoint=url.rstrip("/"))
+        return InstanceState(
+            "provisioning", message="running; waiting for io.net to publish the container URL"
+        )
 
     async def destroy(self, instance_id: str) -> None:
         """Destroy the deployment (io.net refunds unused prepaid hours); an unknown one is already gone."""

@@ -30,6 +30,7 @@ from aiserve_mcp.providers.base import (
 from aiserve_mcp.providers.http import HttpMarketplace, send
 from aiserve_mcp.services.gpu_catalog import normalise_name
 from aiserve_mcp.worker import TOKEN_ENV
+from aiserve_mcp.worker.bundle import WORKER_PORT, BundleUnavailable, WorkerLaunch
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ DISK_GB = 20  # disk rented with each instance; also the allocated_storage searc
 SEARCH_LIMIT = 3000
 VRAM_SLACK = 0.93  # providers report a "24 GB" card as anything from ~22.5 to 24.5 GiB
 KNOWN_VRAM_GB = (4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 64, 80, 94, 96, 141, 180, 192)
-WORKER_PORT = 8000
 DEFAULT_IMAGE = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime"
-ONSTART = f"pip install aiserve && aiserve worker --host 0.0.0.0 --port {WORKER_PORT}"
+MAX_COMMAND_CHARS = 4096  # vast.ai: "max_length: 4096 - Combined length of args, args_str and onstart"
 EXTRA_FIELDS = ("machine_id", "host_id", "cuda_max_good", "inet_down", "dlperf", "verified", "disk_space")
 AVAILABLE = {"rentable": {"eq": True}, "rented": {"eq": False}}
 SEARCH_DEFAULTS = {"verified": {"eq": True}, "external": {"eq": False}, **AVAILABLE}
@@ -53,6 +53,8 @@ CREATE_DEFAULTS: dict[str, Any] = {
     "cancel_unavail": True, "template_hash_id": None, "user": None, "runtype": "ssh_direct",
 }  # fmt: skip
 FAILED_STATES = frozenset({"exited", "offline", "stopped"})
+# status_msg texts that mean the container can never start: Docker's refusals to create it or pull its image.
+START_FAILURES = ("OCI runtime create failed", "Error response from daemon")
 
 
 def vram_gb(gpu_ram_mb: float) -> int:
@@ -113,10 +115,42 @@ def _offer(row: dict[str, Any]) -> Offer:
 
 
 class VastAiProvider(HttpMarketplace):
-    """The vast.ai marketplace. ``client`` belongs to the caller, who closes it."""
+    """The vast.ai marketplace. ``client`` belongs to the caller, who closes it. A rented instance runs the
+    ``launch`` start-up script as its ``onstart`` (fetch the worker bundle from this platform, check its
+    hash, install, start ``aiserve worker``); without ``launch`` nothing can be rented."""
 
     name = NAME
     billing: Billing = "metered"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str | None,
+        launch: WorkerLaunch | None = None,
+    ) -> None:
+        super().__init__(client, base_url, api_key)
+        self._launch = launch
+
+    async def _onstart(self) -> str:
+        if self._launch is None:
+            raise BundleUnavailable(
+                "cannot start a worker on a rented machine: the worker start-up is not configured "
+                "(AISERVE_PUBLIC_URL)",
+                {"setting": "AISERVE_PUBLIC_URL", "provider": NAME},
+            )
+        script = await self._launch.script(self._base)
+        if len(script) > MAX_COMMAND_CHARS:
+            raise BundleUnavailable(
+                f"the worker start-up command is {len(script)} characters, over vast.ai's "
+                f"{MAX_COMMAND_CHARS}: shorten AISERVE_PUBLIC_URL",
+                {"setting": "AISERVE_PUBLIC_URL", "provider": NAME},
+            )
+        return script
+
+    async def check_worker_start(self) -> None:
+        self._require()
+        await self._onstart()
 
     def _require(self) -> None:
         if not self._key:
@@ -199,6 +233,8 @@ class VastAiProvider(HttpMarketplace):
         return next((o for o in offers if o.offer_id == offer_id), None)
 
     async def rent(self, request: RentRequest) -> Rental:
+        self._require()
+        onstart = await self._onstart()
         offer = await self.get_offer(request.offer_id)
         if offer is None or not offer.available:
             raise OfferUnavailable(
@@ -212,7 +248,7 @@ class VastAiProvider(HttpMarketplace):
             "env": {**request.env, f"-p {WORKER_PORT}:{WORKER_PORT}": "1", TOKEN_ENV: token},
             "disk": DISK_GB,
             "label": request.label,
-            "onstart": ONSTART,
+            "onstart": onstart,
         }
         path = f"/api/v0/asks/{request.offer_id}/"
         try:
@@ -281,7 +317,7 @@ class VastAiProvider(HttpMarketplace):
         actual = instance.get("actual_status")
         message = str(instance.get("status_msg") or "").strip() or None
         stopped = instance.get("intended_status") == "stopped" and instance.get("cur_state") == "stopped"
-        if actual in FAILED_STATES or stopped or "OCI runtime create failed" in (message or ""):
+        if actual in FAILED_STATES or stopped or any(text in (message or "") for text in START_FAILURES):
             return InstanceState("failed", message=message or f"instance is {actual}")
         if actual == "running":
             return InstanceState("running", endpoint=_endpoint(instance), message=message)

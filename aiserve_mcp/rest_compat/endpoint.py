@@ -23,6 +23,7 @@ from aiserve_mcp.protocols.http_support import (
 )
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
+from aiserve_mcp.rest_compat.worker_bundle import bundle_routes
 from aiserve_mcp.tools.billing import handle_payment_webhook
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool, parse_input
@@ -183,5 +184,6 @@ def rest_routes(registry: ToolRegistry) -> list[Route]:
     return [
         Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]),
         Route(UPLOAD_PATH, model_upload, methods=["POST"]),
+        *bundle_routes(),
         *(Route(path, _by_method(endpoints), methods=list(endpoints)) for path, endpoints in by_path.items()),
     ]

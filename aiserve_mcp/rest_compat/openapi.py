@@ -22,6 +22,7 @@ from aiserve_mcp.rest_compat.endpoint import WEBHOOK_PATH
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import SCOPE as UPLOAD_SCOPE
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH
+from aiserve_mcp.rest_compat.worker_bundle import bundle_openapi
 from aiserve_mcp.tools.billing import WebhookOutput
 from aiserve_mcp.tools.models import UploadFields, UploadOutput
 from aiserve_mcp.tools.registry import Tool, ToolRegistry
@@ -283,6 +284,7 @@ class _Builder:
             paths.setdefault(route.path, {})[route.method.lower()] = self.operation(route)
         paths[UPLOAD_PATH] = {"post": self.upload()}
         paths[WEBHOOK_PATH] = {"post": self.webhook()}
+        paths.update(bundle_openapi(self.error_response))
         return paths
 
 

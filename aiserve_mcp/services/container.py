@@ -39,6 +39,7 @@ from aiserve_mcp.settings import Settings
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
 from aiserve_mcp.storage.rate_windows import MemoryRateWindows, RateWindows, RedisRateWindows
+from aiserve_mcp.worker.bundle import WorkerLaunch
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,9 @@ def _payments(settings: Settings) -> PaymentGateway | None:
 
 def _providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
     key = _secret
+    launch = WorkerLaunch.from_settings(settings)  # how rented machines fetch and start the worker
     return {
-        "vastai": VastAiProvider(client, settings.vastai_url, key(settings.vastai_api_key)),
-        "ionet": IoNetProvider(client, settings.ionet_url, key(settings.ionet_api_key)),
+        "vastai": VastAiProvider(client, settings.vastai_url, key(settings.vastai_api_key), launch),
+        "ionet": IoNetProvider(client, settings.ionet_url, key(settings.ionet_api_key), launch),
         "local": LocalProvider(settings.local_price_per_hour, settings.local_cpu_slots),
     }

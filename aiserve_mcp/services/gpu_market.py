@@ -27,18 +27,23 @@ from aiserve_mcp.providers.base import (
     ProviderNotConfigured,
     ProviderRateLimited,
     RentRequest,
+    StartsWorkers,
 )
+from aiserve_mcp.providers.local import LocalProvider
 from aiserve_mcp.services.gpu_catalog import GpuCatalog, normalise_name
 from aiserve_mcp.services.gpu_contracts import ACTIVE, ContractStore, new_contract_id
 from aiserve_mcp.services.gpu_selection import Candidate, Criteria, rank
 from aiserve_mcp.services.principal import Principal
 from aiserve_mcp.services.ttl_cache import TtlCache
 from aiserve_mcp.storage.models import GpuContract
+from aiserve_mcp.worker.bundle import BundleUnavailable
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+WorkerProbe = Callable[[GpuContract], Awaitable[GpuContract | None]]
 MAX_DURATION_HOURS = 8760
+_END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,9 @@ class GpuMarket:
         self._catalog = catalog
         self._timeout_s = timeout_s
         self._cache: TtlCache[tuple[str, OfferQuery], list[Offer]] = TtlCache(cache_ttl_s)
+        # Asks a running contract's worker for its health and records an answer (set by the traffic
+        # service, which holds the client and the egress rules); the contract as recorded, or None.
+        self.worker_probe: WorkerProbe | None = None
 
     def provider(self, name: str) -> Provider:
         try:
@@ -204,6 +212,8 @@ class GpuMarket:
                 f"{provider_name} is prepaid for duration_hours and cannot auto-renew; rent again instead"
             )
         with anyio.fail_after(self._timeout_s):
+            if isinstance(provider, StartsWorkers):  # a machine that could never fetch the worker: refuse
+                await provider.check_worker_start()
             offer = await provider.get_offer(offer_id)
         if offer is None or not offer.available:
             raise OfferUnavailable(
@@ -247,7 +257,7 @@ class GpuMarket:
             raise
         finally:
             self._cache.invalidate(lambda key: key[0] == provider_name)
-        return await self.contracts.update(
+        contract = await self.contracts.update(
             contract.id,
             instance_id=rental.instance_id,
             status=rental.status,
@@ -255,6 +265,23 @@ class GpuMarket:
             endpoint=rental.endpoint,
             access_token=rental.access_token,
         )
+        return await self._probed(contract)
+
+    async def _probed(self, contract: GpuContract) -> GpuContract:
+        """A contract that is running, with an endpoint whose worker has not answered yet, after one
+        health probe of its worker (recorded when it answers)."""
+        if (
+            self.worker_probe is None
+            or contract.status != "running"
+            or not contract.endpoint
+            or contract.worker_answered_at is not None
+        ):
+            return contract
+        try:
+            return await self.worker_probe(contract) or contract
+        except AiserveError as exc:
+            log.info("cannot record the health of %s's worker: %s", contract.id, exc.message)
+            return contract
 
     async def reserve(
         self,
@@ -297,7 +324,7 @@ class GpuMarket:
             except (SpendingLimit, InsufficientCredits) as exc:
                 result.errors.append(_item_error(exc, provider, offer.offer_id))
                 continue  # a cheaper offer may still fit
-            except (ProviderRateLimited, ProviderNotConfigured) as exc:
+            except (ProviderRateLimited, ProviderNotConfigured, BundleUnavailable) as exc:
                 result.errors.append(_item_error(exc, provider, offer.offer_id))
                 skipped.add(provider)
                 continue
@@ -328,11 +355,17 @@ class GpuMarket:
         return await self._ended(contract, "destroyed", reason)
 
     async def _ended(
-        self, contract: GpuContract, status: InstanceStatus, message: str | None = None
+        self,
+        contract: GpuContract,
+        status: InstanceStatus,
+        message: str | None = None,
+        *,
+        ended_at: datetime | None = None,
     ) -> GpuContract:
-        """Record that ``contract`` ended and charge it: the hours used in its current period (at least
-        the first hour on prepaid providers, at most the period), or nothing when it failed."""
-        now = datetime.now(UTC)
+        """Record that ``contract`` ended (now, or at ``ended_at``) and charge it: the hours used in its
+        current period (at least the first hour on prepaid providers, at most the period), or nothing when
+        it failed."""
+        now = ended_at or datetime.now(UTC)
         period_start = contract.expires_at - timedelta(hours=contract.duration_hours)
         hours = Decimal((now - period_start).total_seconds()) / 3600
         if contract.billing == "prepaid":
@@ -343,6 +376,39 @@ class GpuMarket:
         return await self.contracts.update(
             contract.id, status=status, status_message=message, endpoint=None, destroyed_at=now
         )
+
+    async def end_leftover_local(self) -> list[GpuContract]:
+        """At start-up (and on stop): end every contract stored as active on this host's provider whose
+        worker no live server holds (the server that started it stopped, was restarted or killed), as a
+        destroy does: a leftover worker still running is stopped, and the credit hold is settled for the
+        time the worker ran (until its last heartbeat), or released when it never started. Contracts held
+        by this server or by another live server process on this host are left alone."""
+        local = self.providers.get("local")
+        if not isinstance(local, LocalProvider):
+            return []
+        ended = []
+        for contract in await self.contracts.due(_END_OF_TIME):  # every active contract
+            if contract.provider != "local":
+                continue
+            period_start = contract.expires_at - timedelta(hours=contract.duration_hours)
+            try:  # one contract that cannot be ended must not keep the server from starting
+                ending = await local.leftover(
+                    contract.id, contract.instance_id, period_start, contract.created_at
+                )
+                if ending is not None:
+                    ended.append(
+                        await self._ended(contract, ending.status, ending.message, ended_at=ending.at)
+                    )
+            except Exception:
+                log.exception("cannot end the leftover local contract %s", contract.id)
+        if ended:
+            self._cache.invalidate(lambda key: key[0] == "local")
+            log.warning(
+                "ended %d local contract(s) whose worker stopped with its server: %s",
+                len(ended),
+                ", ".join(c.id for c in ended),
+            )
+        return ended
 
     async def refresh(self, contract: GpuContract) -> GpuContract:
         """Ask the provider for an active contract's state; keeps the last known state if it cannot."""
@@ -362,9 +428,11 @@ class GpuMarket:
         changes: dict[str, object] = {"status": state.status, "status_message": state.message}
         if state.endpoint is not None or state.status != "running":
             changes["endpoint"] = state.endpoint
+            if state.endpoint != contract.endpoint:  # a new address: its worker has not answered there
+                changes["worker_answered_at"] = None
         if all(getattr(contract, k) == v for k, v in changes.items()):
             return contract
-        return await self.contracts.update(contract.id, **changes)
+        return await self._probed(await self.contracts.update(contract.id, **changes))
 
     async def contract(self, user_id: str, contract_id: str) -> GpuContract:
         return await self.refresh(await self.contracts.owned(user_id, contract_id))
@@ -451,8 +519,15 @@ class GpuMarket:
                     log.exception("expiring GPU contracts failed; retrying in %.0f s", interval_s)
 
     async def aclose(self) -> None:
+        local = self.providers.get("local")
+        stops_workers = isinstance(local, LocalProvider) and local.holds_workers
         for provider in self.providers.values():
             await provider.aclose()
+        if stops_workers:  # their contracts end now rather than at the next start
+            try:
+                await self.end_leftover_local()
+            except Exception as exc:
+                log.warning("local contracts not ended on stop (the next start ends them): %s", exc)
 
 
 def _within(price: Decimal, max_price: Decimal | None) -> bool:

@@ -114,6 +114,8 @@ class GpuContract(Base):
 
     ``status`` is provisioning, running, failed or destroyed; ``expires_at`` is when the rented duration
     ends (prepaid providers stop then; metered ones are destroyed then unless ``auto_renew``).
+    ``worker_answered_at`` is when its worker, at its current endpoint, first answered an authenticated
+    health check: until then no traffic is routed to it.
     """
 
     __tablename__ = "gpu_contracts"
@@ -137,6 +139,7 @@ class GpuContract(Base):
     status_message: Mapped[str | None] = mapped_column(String(500))
     endpoint: Mapped[str | None] = mapped_column(String(300))
     access_token: Mapped[str | None] = mapped_column(String(200))
+    worker_answered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

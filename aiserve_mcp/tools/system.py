@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from aiserve_mcp.tools.common import NoInput
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+from aiserve_mcp.worker.bundle import BundleInfo, worker_bundle
 
 CHECK_TIMEOUT_S = 2.0
 REDIS_DOWN = (
@@ -93,3 +94,9 @@ async def system_stats(ctx: ToolContext, args: NoInput) -> StatsOutput:
         models_loaded=ctx.services.model_host.loaded,
         uptime_s=round(time.time() - ctx.services.started_at, 3),
     )
+
+
+async def worker_bundle_file(ctx: ToolContext) -> BundleInfo:
+    """The worker bundle rented machines install (``GET /api/v1/worker/bundle``): a wheel of this server's
+    own installation, built once per process. Public: it holds no secrets, only the platform's code."""
+    return await worker_bundle(ctx.services.settings.data_dir).info()

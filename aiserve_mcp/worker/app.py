@@ -7,18 +7,29 @@ bodies, ``{"error", "code"}``.
 
 It announces where it listens by printing one JSON line to stdout, ``{"listening": "http://host:port"}``,
 so that a parent which asked for port 0 learns the port without a race.
+
+Started by a server (``worker/launch.py`` sets :data:`PARENT_PID_ENV`), it never outlives that server: on
+Linux it asks the kernel for SIGTERM when its parent dies, and everywhere it checks every second that its
+parent is still the server (an orphan is adopted by another process) and stops when it is not. SIGINT and
+SIGTERM stop it quietly: the server's shutdown, a terminal's Ctrl-C or the parent-death signal print no
+traceback.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hmac
 import json
+import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from types import FrameType
 from typing import Any, Final
 
 import uvicorn
@@ -38,12 +49,18 @@ from aiserve_mcp.errors import (
 )
 from aiserve_mcp.runtime.wire import decode_arrays, encode_arrays
 from aiserve_mcp.worker import TOKEN_ENV
+from aiserve_mcp.worker.launch import HEARTBEAT_ENV, PARENT_CHECK_ENV, PARENT_PID_ENV, PDEATHSIG_ENV
 from aiserve_mcp.worker.models import WorkerModels, check_format, check_key
 
 MAX_MODEL_BYTES_ENV: Final = "AISERVE_WORKER_MAX_MODEL_BYTES"
 THREADS_ENV: Final = "AISERVE_WORKER_THREADS"
 DEFAULT_MAX_MODEL_BYTES: Final = 10 * 1024**3
 MAX_INFER_BYTES: Final = 256 * 1024**2
+PARENT_CHECK_S: Final = 1.0  # default seconds between checks that the server is still the parent
+EXIT_GRACE_S: Final = 5.0  # after the server is gone, how long a graceful stop may take before exiting
+PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
+
+log = logging.getLogger(__name__)
 
 
 def _device() -> str:
@@ -175,8 +192,108 @@ def _positive_env(name: str) -> int | None:
     return int(value)
 
 
+def _positive_float_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        number = float(value) if value is not None else default
+    except ValueError:
+        number = -1.0
+    if not 0 < number < 86400:
+        raise SystemExit(f"error: {name} must be a number of seconds under a day, not {value!r}")
+    return number
+
+
+class _QuietStop:
+    """The SIGINT and SIGTERM handler outside uvicorn's own (before it serves, and when uvicorn re-raises
+    the signal after its graceful shutdown): exit without a traceback, gracefully once the server exists."""
+
+    def __init__(self) -> None:
+        self.server: uvicorn.Server | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.server is None:
+            raise SystemExit(0)
+        self.server.should_exit = True
+
+
+class ParentWatch:
+    """Stops this worker once the server that started it is gone.
+
+    ``expected`` is the server's pid. On Linux, :meth:`arm` asks the kernel for SIGTERM when the parent
+    dies (only when the server says so: the signal is bound to the thread that forked us) and then
+    compares :func:`os.getppid` with ``expected``, which closes the race with a parent that died before
+    the request. :meth:`start` runs a daemon thread that compares them again every ``interval_s`` seconds
+    (an orphan is adopted by init or a subreaper, on every POSIX system), keeps ``heartbeat``'s mtime
+    fresh, and calls ``on_gone`` when the parent changed; if the process still runs ``grace_s`` later,
+    it exits at once."""
+
+    def __init__(
+        self, expected: int, interval_s: float, heartbeat: str | None, grace_s: float = EXIT_GRACE_S
+    ) -> None:
+        self.expected = expected
+        self.interval_s = interval_s
+        self.heartbeat = heartbeat
+        self.grace_s = grace_s
+
+    @classmethod
+    def from_env(cls) -> ParentWatch | None:
+        parent = os.environ.get(PARENT_PID_ENV)
+        if parent is None:
+            return None  # started by hand or on a rented machine: nothing to outlive
+        if not parent.isdigit():
+            raise SystemExit(f"error: {PARENT_PID_ENV} must be a process id, not {parent!r}")
+        interval = _positive_float_env(PARENT_CHECK_ENV, PARENT_CHECK_S)
+        return cls(int(parent), interval, os.environ.get(HEARTBEAT_ENV) or None)
+
+    @property
+    def parent_alive(self) -> bool:
+        return os.getppid() == self.expected
+
+    def arm(self) -> None:
+        """Ask for the parent-death signal where asked to, then exit at once if the parent is gone."""
+        if os.environ.get(PDEATHSIG_ENV) == "1" and sys.platform == "linux":
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        if not self.parent_alive:
+            log.warning("the server that started this worker (pid %d) is gone; exiting", self.expected)
+            raise SystemExit(0)
+
+    def start(self, on_gone: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(on_gone,), name="parent-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            with suppress(OSError):
+                os.utime(self.heartbeat)
+
+    def _run(self, on_gone: Callable[[], None]) -> None:
+        while self.parent_alive:
+            self._beat()
+            time.sleep(self.interval_s)
+        log.warning("the server that started this worker (pid %d) is gone; stopping", self.expected)
+        on_gone()
+        time.sleep(self.grace_s)
+        os._exit(0)  # the graceful stop did not finish in time (a daemon thread dies with a clean exit)
+
+
 def serve_worker(host: str, port: int) -> None:
     """Bind ``host:port`` (0 picks a free port), announce it on stdout, and serve until stopped."""
+    stop = _QuietStop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    watch = ParentWatch.from_env()
+    if watch is not None:
+        watch.arm()
+    try:
+        _serve(host, port, watch, stop)
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
+
+
+def _serve(host: str, port: int, watch: ParentWatch | None, stop: _QuietStop) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,6 +306,9 @@ def serve_worker(host: str, port: int) -> None:
         threads=_positive_env(THREADS_ENV),
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    stop.server = server
+    if watch is not None:
+        watch.start(lambda: setattr(server, "should_exit", True))
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     print(json.dumps({"listening": f"http://{shown_host}:{bound}"}), flush=True)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the announcement pipe is done; later output is logs
