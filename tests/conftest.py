@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -178,9 +179,10 @@ class LiveServer:
 
 
 @asynccontextmanager
-async def serve(app: Starlette) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in this event loop; yields its base URL."""
-    port = free_port()
+async def serve(app: Starlette, port: int | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``port`` (default: a free one) on loopback, in this event loop; yields
+    its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -202,6 +204,21 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
     app = create_app(settings)
     async with serve(app) as url:
         yield LiveServer(url, app)
+
+
+async def until_healthy(url: str, process: subprocess.Popen[Any]) -> None:
+    """Wait (30 s at most) until the server ``process`` started answers ``GET /health`` with 200; fail at
+    once if it exits."""
+    async with httpx.AsyncClient() as http:
+        for _ in range(600):
+            assert process.poll() is None, f"server exited with {process.returncode}"
+            try:
+                if (await http.get(f"{url}/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise TimeoutError(url)
 
 
 @pytest.fixture

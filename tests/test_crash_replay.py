@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import httpx
 
-from tests.conftest import REDIS_URL, free_port, sign_up
+from tests.conftest import REDIS_URL, free_port, sign_up, until_healthy
 
 BURST = 24
 PAYMENT = Decimal("3.25")
@@ -24,16 +24,8 @@ async def _start(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "aiserve_mcp", "serve", "--port", str(port)], env=env)
     url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
-        for _ in range(600):
-            assert process.poll() is None, f"server exited with {process.returncode}"
-            try:
-                if (await http.get(f"{url}/health")).status_code == 200:
-                    return process, url
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(url)
+    await until_healthy(url, process)
+    return process, url
 
 
 def _pay(http: httpx.AsyncClient, headers: dict[str, str], i: int) -> asyncio.Task[httpx.Response]:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from aiserve_mcp.services.security import load_or_create_secret
-from tests.conftest import free_port, sign_up
+from tests.conftest import free_port, sign_up, until_healthy
 
 ROUNDS = 40
 RACERS = 4
@@ -52,19 +52,6 @@ def test_a_short_or_empty_secret_on_disk_is_refused(tmp_path: Path) -> None:
         load_or_create_secret("short", tmp_path)
 
 
-async def _healthy(url: str, process: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as http:
-        for _ in range(600):
-            assert process.poll() is None, f"server exited with {process.returncode}"
-            try:
-                if (await http.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(url)
-
-
 async def test_servers_started_together_on_a_fresh_data_dir_share_one_key(
     tmp_path: Path, server_env: dict[str, str]
 ) -> None:
@@ -79,7 +66,7 @@ async def test_servers_started_together_on_a_fresh_data_dir_share_one_key(
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        await asyncio.gather(*(_healthy(url, p) for url, p in zip(urls, processes, strict=True)))
+        await asyncio.gather(*(until_healthy(url, p) for url, p in zip(urls, processes, strict=True)))
         async with httpx.AsyncClient(base_url=urls[0]) as first:
             account = await sign_up(first)
         for url in urls[1:]:

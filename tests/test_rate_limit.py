@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ import pytest
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.settings import Settings
-from tests.conftest import LOCAL_REDIS_URL, PASSWORD, free_port, running, sign_up
+from tests.conftest import LOCAL_REDIS_URL, PASSWORD, free_port, running, sign_up, until_healthy
 
 LONG_WINDOW = {"rate_limit_window_s": 3600}  # so a window boundary cannot fall inside a test
 
@@ -55,20 +54,6 @@ async def test_login_is_limited_per_client_address(limited_client: httpx.AsyncCl
     assert "Retry-After" in blocked.headers
 
 
-async def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as http:
-        for _ in range(300):
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            try:
-                if (await http.get(f"{url}/health")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise TimeoutError(url)
-
-
 async def test_two_processes_share_one_budget_through_redis(server_env: dict[str, str]) -> None:
     env = {**server_env, "AISERVE_REDIS_URL": LOCAL_REDIS_URL, "AISERVE_RATE_LIMIT_WINDOW_S": "3600"}
     ports = [free_port(), free_port()]
@@ -78,8 +63,8 @@ async def test_two_processes_share_one_budget_through_redis(server_env: dict[str
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        await _wait_until_up(urls[0], processes[0])
-        await _wait_until_up(urls[1], processes[1])
+        await until_healthy(urls[0], processes[0])
+        await until_healthy(urls[1], processes[1])
         async with (
             httpx.AsyncClient(base_url=urls[0]) as first,
             httpx.AsyncClient(base_url=urls[1]) as second,

@@ -18,17 +18,14 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 import numpy as np
 import onnxruntime as ort  # type: ignore[import-untyped]
 import pytest
-import uvicorn
 from pydantic import SecretStr
-from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.runtime.wire import decode_arrays, encode_arrays
@@ -144,24 +141,6 @@ def test_the_start_up_script_is_posix_sh_within_vast_ai_s_limit(bundle: BundleIn
     assert "U='https://example.com/it'\"'\"'s $(here)/api/v1/worker/bundle'" in quoted
 
 
-@asynccontextmanager
-async def serve_on(app: Starlette, port: int) -> AsyncIterator[str]:
-    """``app`` served by uvicorn on 127.0.0.1:``port`` (known before the app's settings are made)."""
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_the_bundle_is_served_to_anyone_with_its_hash(settings: Settings) -> None:
     async with app_client(settings) as (_, client):
         wheel = await client.get(BUNDLE_PATH)
@@ -205,7 +184,7 @@ async def test_a_tampered_download_is_refused_before_anything_is_installed(
     settings: Settings, bundle: BundleInfo, tmp_path: Path
 ) -> None:
     port = free_port()
-    async with serve_on(create_app(settings), port) as url:
+    async with serve(create_app(settings), port) as url:
         wrong = BundleInfo(bundle.name, bundle.version, bundle.filename, "0" * 64, bundle.size, bundle.path)
         script = startup_script(url + BUNDLE_PATH, wrong)
         home = tmp_path / "machine"
@@ -293,7 +272,7 @@ async def test_the_start_up_command_a_rent_sent_installs_the_bundle_and_serves_p
             }
         )
         async with (
-            serve_on(create_app(configured), port) as url,
+            serve(create_app(configured), port) as url,
             httpx.AsyncClient(base_url=url, timeout=60) as client,
         ):
             owner = await funded(client)

@@ -9,7 +9,8 @@ from typing import Any
 import anyio
 import httpx
 
-from aiserve_mcp.providers.base import ProviderFailed, ProviderRateLimited
+from aiserve_mcp.providers.base import ProviderFailed, ProviderNotConfigured, ProviderRateLimited
+from aiserve_mcp.worker.bundle import BundleUnavailable, WorkerLaunch
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +84,42 @@ async def send(
 
 class HttpMarketplace:
     """What the HTTP marketplace clients share: the caller's ``httpx.AsyncClient`` (the caller closes it),
-    a base URL, and an API key whose absence means "not configured"."""
+    a base URL, an API key whose absence means "not configured" (``not_configured`` says which setting to
+    set), and the ``launch`` that writes the start-up script a rented machine runs (without it, nothing
+    can be rented)."""
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+    name: str
+    not_configured: str
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        api_key: str | None,
+        launch: WorkerLaunch | None = None,
+    ) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
         self._key = api_key
+        self._launch = launch
+
+    def _require(self) -> None:
+        if not self._key:
+            raise ProviderNotConfigured(self.not_configured, {"provider": self.name})
+
+    async def _start_script(self) -> str:
+        """The script a rented machine runs to fetch, check and start the worker."""
+        if self._launch is None:
+            raise BundleUnavailable(
+                "cannot start a worker on a rented machine: the worker start-up is not configured "
+                "(AISERVE_PUBLIC_URL)",
+                {"setting": "AISERVE_PUBLIC_URL", "provider": self.name},
+            )
+        return await self._launch.script(self._base)
+
+    async def check_worker_start(self) -> None:
+        self._require()
+        await self._start_script()
 
     @property
     def configured(self) -> bool:

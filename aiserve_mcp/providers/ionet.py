@@ -43,14 +43,13 @@ from aiserve_mcp.providers.base import (
     OfferQuery,
     OfferUnavailable,
     ProviderFailed,
-    ProviderNotConfigured,
     Rental,
     RentRequest,
 )
 from aiserve_mcp.providers.http import HttpMarketplace, send
 from aiserve_mcp.services.gpu_catalog import normalise_name
 from aiserve_mcp.worker import TOKEN_ENV
-from aiserve_mcp.worker.bundle import WORKER_PORT, BundleUnavailable, WorkerLaunch
+from aiserve_mcp.worker.bundle import WORKER_PORT
 
 NAME = "ionet"
 API = "/enterprise/v1/io-cloud/caas"
@@ -153,23 +152,8 @@ class IoNetProvider(HttpMarketplace):
     case-insensitive substring."""
 
     name = NAME
+    not_configured = "io.net is not configured: set AISERVE_IONET_API_KEY"
     billing: Billing = "prepaid"
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        api_key: str | None,
-        launch: WorkerLaunch | None = None,
-    ) -> None:
-        super().__init__(client, base_url, api_key)
-        self._launch = launch
-
-    def _require(self) -> None:
-        if not self._key:
-            raise ProviderNotConfigured(
-                "io.net is not configured: set AISERVE_IONET_API_KEY", {"provider": NAME}
-            )
 
     async def _send(
         self, method: str, path: str, *, final: Callable[[httpx.Response], bool] = _never, **kwargs: Any
@@ -198,19 +182,6 @@ class IoNetProvider(HttpMarketplace):
         if not body:
             raise ProviderFailed("io.net answered with a body that is not a JSON object", {"provider": NAME})
         return body
-
-    async def _script(self) -> str:
-        if self._launch is None:
-            raise BundleUnavailable(
-                "cannot start a worker on a rented machine: the worker start-up is not configured "
-                "(AISERVE_PUBLIC_URL)",
-                {"setting": "AISERVE_PUBLIC_URL", "provider": NAME},
-            )
-        return await self._launch.script(self._base)
-
-    async def check_worker_start(self) -> None:
-        self._require()
-        await self._script()
 
     async def _hardware(self) -> list[Offer]:
         response = await self._send("GET", "/hardware")
@@ -271,7 +242,7 @@ class IoNetProvider(HttpMarketplace):
                 {"provider": NAME, "duration_hours": request.duration_hours},
             )
         self._require()
-        script = await self._script()
+        script = await self._start_script()
         offer = await self.get_offer(request.offer_id)
         if offer is None or not offer.available:
             state = "gone" if offer is None else "sold out"

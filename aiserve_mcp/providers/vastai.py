@@ -22,7 +22,6 @@ from aiserve_mcp.providers.base import (
     OfferQuery,
     OfferUnavailable,
     ProviderFailed,
-    ProviderNotConfigured,
     ProviderRateLimited,
     Rental,
     RentRequest,
@@ -30,7 +29,7 @@ from aiserve_mcp.providers.base import (
 from aiserve_mcp.providers.http import HttpMarketplace, send
 from aiserve_mcp.services.gpu_catalog import normalise_name
 from aiserve_mcp.worker import TOKEN_ENV
-from aiserve_mcp.worker.bundle import WORKER_PORT, BundleUnavailable, WorkerLaunch
+from aiserve_mcp.worker.bundle import WORKER_PORT, BundleUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,26 +119,11 @@ class VastAiProvider(HttpMarketplace):
     hash, install, start ``aiserve worker``); without ``launch`` nothing can be rented."""
 
     name = NAME
+    not_configured = NOT_CONFIGURED
     billing: Billing = "metered"
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        base_url: str,
-        api_key: str | None,
-        launch: WorkerLaunch | None = None,
-    ) -> None:
-        super().__init__(client, base_url, api_key)
-        self._launch = launch
-
     async def _onstart(self) -> str:
-        if self._launch is None:
-            raise BundleUnavailable(
-                "cannot start a worker on a rented machine: the worker start-up is not configured "
-                "(AISERVE_PUBLIC_URL)",
-                {"setting": "AISERVE_PUBLIC_URL", "provider": NAME},
-            )
-        script = await self._launch.script(self._base)
+        script = await self._start_script()
         if len(script) > MAX_COMMAND_CHARS:
             raise BundleUnavailable(
                 f"the worker start-up command is {len(script)} characters, over vast.ai's "
@@ -151,10 +135,6 @@ class VastAiProvider(HttpMarketplace):
     async def check_worker_start(self) -> None:
         self._require()
         await self._onstart()
-
-    def _require(self) -> None:
-        if not self._key:
-            raise ProviderNotConfigured(NOT_CONFIGURED, {"provider": NAME})
 
     async def _request(
         self, method: str, path: str, *, final_5xx: bool = False, **kwargs: Any
