@@ -12,21 +12,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from aiserve_mcp.errors import NotFound, error_body
-from aiserve_mcp.protocols.a2a import A2aSurface
-from aiserve_mcp.protocols.agent_door import AgentDoor
-from aiserve_mcp.protocols.gateway import ApiGatewayMiddleware, ErrorBoundary, TelemetryMiddleware
-from aiserve_mcp.protocols.http_support import services_of
-from aiserve_mcp.protocols.mcp_http import McpHttpTransports, request_address_resolver, request_principal
-from aiserve_mcp.protocols.mcp_server import build_mcp_server
+from aiserve_mcp.bootstrap import Services
+from aiserve_mcp.core.errors import NotFound, error_body
+from aiserve_mcp.core.events import publish_forever
+from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.protocols.a2a.surface import A2aSurface
+from aiserve_mcp.protocols.a2a.task_store import DatabaseA2aTaskStore
+from aiserve_mcp.protocols.admission import ApiGatewayMiddleware, ErrorBoundary, TelemetryMiddleware
+from aiserve_mcp.protocols.agent_door.door import AgentDoor
+from aiserve_mcp.protocols.mcp.http import McpHttpTransports, request_address_resolver, request_principal
+from aiserve_mcp.protocols.mcp.server import build_mcp_server
+from aiserve_mcp.protocols.prelude import services_of
 from aiserve_mcp.protocols.websocket import websocket_routes
 from aiserve_mcp.rest_compat.endpoint import rest_routes
 from aiserve_mcp.rest_compat.fast_predict import PredictFastPath
 from aiserve_mcp.rest_compat.openapi import openapi_document
-from aiserve_mcp.services.container import Services
-from aiserve_mcp.services.events import publish_forever
-from aiserve_mcp.settings import Settings
-from aiserve_mcp.storage.a2a_tasks import DatabaseA2aTaskStore
 from aiserve_mcp.tools import REGISTRY
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

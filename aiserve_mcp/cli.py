@@ -13,10 +13,10 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from aiserve_mcp import __version__
-from aiserve_mcp.errors import AiserveError
-from aiserve_mcp.services.container import Services
-from aiserve_mcp.services.principal import SCOPES, Principal
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.bootstrap import Services
+from aiserve_mcp.core.errors import AiserveError
+from aiserve_mcp.core.principal import SCOPES, Principal
+from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.tools.auth import RegisterInput
 
 
@@ -76,7 +76,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _mcp(args: argparse.Namespace, settings: Settings) -> None:
-    from aiserve_mcp.protocols.mcp_stdio import serve_stdio
+    from aiserve_mcp.protocols.mcp.stdio import serve_stdio
 
     asyncio.run(serve_stdio(settings))
 

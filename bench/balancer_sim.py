@@ -31,7 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from aiserve_mcp.services.balancer import STRATEGIES, Backend, Balancer, MemoryLoadStore, Strategy, Ticket
+from aiserve_mcp.traffic.balancer import STRATEGIES, Backend, Balancer, MemoryLoadStore, Strategy, Ticket
 
 POOL = "sim:pool"
 FLOOR = "random (floor)"

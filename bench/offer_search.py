@@ -30,10 +30,10 @@ import httpx
 from pydantic import SecretStr
 
 from aiserve_mcp.app import create_app
-from aiserve_mcp.providers.base import OfferQuery
-from aiserve_mcp.providers.ionet import IoNetProvider
-from aiserve_mcp.providers.vastai import VastAiProvider
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.gpu.providers.base import OfferQuery
+from aiserve_mcp.gpu.providers.ionet import IoNetProvider
+from aiserve_mcp.gpu.providers.vastai import VastAiProvider
 from tests.conftest import free_port, running, sign_up
 from tests.fakes.ionet_server import IoNetState
 from tests.fakes.vastai_server import API_KEY

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.core.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("AISERVE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("AISERVE_TEST_REDIS_URL")

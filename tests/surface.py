@@ -27,7 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.cli import build_parser
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.core.settings import Settings
 from tests.conftest import serve, sign_up
 
 SNAPSHOT = Path(__file__).with_name("surface.json")

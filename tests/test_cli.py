@@ -12,7 +12,7 @@ import pytest
 
 from aiserve_mcp import __version__
 from aiserve_mcp.app import create_app
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.core.settings import Settings
 from tests.conftest import free_port, running
 
 COMMANDS = [

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from aiserve_mcp.app import create_app
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.core.settings import Settings
 from tests.conftest import _asyncpg_dsn, api_key, serve, sign_up
 from tests.fault_services import (
     PrivatePostgres,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aiserve_mcp.services.security import load_or_create_secret
+from aiserve_mcp.accounts.security import load_or_create_secret
 from tests.conftest import free_port, sign_up, until_healthy
 
 ROUNDS = 40

@@ -25,7 +25,8 @@ from anyio.abc import TaskGroup, TaskStatus
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from aiserve_mcp.errors import (
+from aiserve_mcp.bootstrap import Services
+from aiserve_mcp.core.errors import (
     AiserveError,
     AuthRequired,
     Forbidden,
@@ -34,12 +35,11 @@ from aiserve_mcp.errors import (
     ValidationFailed,
     error_body,
 )
-from aiserve_mcp.protocols.gateway import bearer_credential
-from aiserve_mcp.protocols.http_support import services_of
-from aiserve_mcp.services.container import Services
-from aiserve_mcp.services.events import STREAMS, Subscription
-from aiserve_mcp.services.outages import unexpected
-from aiserve_mcp.services.principal import Principal
+from aiserve_mcp.core.events import STREAMS, Subscription
+from aiserve_mcp.core.outages import unexpected
+from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.protocols.admission import bearer_credential
+from aiserve_mcp.protocols.prelude import services_of
 
 WS_PATH: Final = "/ws"
 AUTH_TIMEOUT_S: Final = 10.0

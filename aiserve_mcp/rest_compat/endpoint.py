@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from aiserve_mcp.errors import AiserveError
-from aiserve_mcp.protocols.http_support import (
+from aiserve_mcp.core.errors import AiserveError
+from aiserve_mcp.protocols.prelude import (
     client_address,
     error_response,
     principal_of,

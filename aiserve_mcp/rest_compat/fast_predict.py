@@ -19,9 +19,9 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aiserve_mcp.errors import AiserveError, error_body, error_headers, kind_of
-from aiserve_mcp.protocols.gateway import admit, refusal
-from aiserve_mcp.protocols.http_support import client_address, principal_of, read_json_object, services_of
+from aiserve_mcp.core.errors import AiserveError, error_body, error_headers, kind_of
+from aiserve_mcp.protocols.admission import admit, refusal
+from aiserve_mcp.protocols.prelude import client_address, principal_of, read_json_object, services_of
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.runtime.tensors import to_python
 from aiserve_mcp.tools.registry import ToolContext, ToolRegistry

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from aiserve_mcp import __version__
-from aiserve_mcp.errors import ERROR_TABLE
-from aiserve_mcp.protocols.gateway import GATED_PREFIXES
+from aiserve_mcp.core.errors import ERROR_TABLE
+from aiserve_mcp.protocols.admission import GATED_PREFIXES
 from aiserve_mcp.rest_compat.endpoint import WEBHOOK_PATH
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import SCOPE as UPLOAD_SCOPE

@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from aiserve_mcp.services.traffic import UpstreamReply
 from aiserve_mcp.tools.inference_v2 import ModelReady
 from aiserve_mcp.tools.lb import open_proxy
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.system import HealthOutput
+from aiserve_mcp.traffic.service import UpstreamReply
 
 PATH_PARAM = re.compile(r"{(\w+)}")
 Stream = Callable[[ToolContext, Any], AbstractAsyncContextManager[UpstreamReply]]

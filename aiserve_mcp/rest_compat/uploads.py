@@ -10,8 +10,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aiserve_mcp.errors import AiserveError, AuthRequired, Forbidden, PayloadTooLarge, ValidationFailed
-from aiserve_mcp.protocols.http_support import client_address, error_response, principal_of, services_of
+from aiserve_mcp.core.errors import AiserveError, AuthRequired, Forbidden, PayloadTooLarge, ValidationFailed
+from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, services_of
 from aiserve_mcp.tools.models import UploadFields, upload_model
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.runner import validation_details

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from aiserve_mcp.errors import AiserveError
-from aiserve_mcp.protocols.http_support import client_address, error_response, principal_of, services_of
+from aiserve_mcp.core.errors import AiserveError
+from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, services_of
 from aiserve_mcp.tools.registry import ToolContext
 from aiserve_mcp.tools.system import worker_bundle_file
 from aiserve_mcp.worker.bundle import BUNDLE_PATH, BundleInfo

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.pickle_scan import disallowed_globals, scan_pickle
 
 

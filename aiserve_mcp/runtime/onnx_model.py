@@ -10,7 +10,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import TensorSpec, batchable, prepare, to_python
 
 _ORT_DTYPES: Final = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickletools
 from typing import Final
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.core.errors import ValidationFailed
 
 _MARK: Final = object()
 

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.core.errors import ValidationFailed
 
 FEATURES: Final = "features"
 ANY_DTYPE: Final = "any"  # the runtime declares no dtype: numbers are taken as float32, int64 or bool

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from aiserve_mcp.errors import ServiceUnavailable, ValidationFailed
+from aiserve_mcp.core.errors import ServiceUnavailable, ValidationFailed
 from aiserve_mcp.runtime.tensors import ANY_DTYPE, TensorSpec, prepare
 
 SINGLE_OUTPUT: Final = "output"

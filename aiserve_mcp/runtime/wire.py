@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import NUMERIC_DTYPES
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from aiserve_mcp.errors import NotFound
+from aiserve_mcp.core.errors import NotFound
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

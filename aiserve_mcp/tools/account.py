@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aiserve_mcp.billing.guardrails import key_scope
-from aiserve_mcp.services.principal import SCOPES
+from aiserve_mcp.core.principal import SCOPES
+from aiserve_mcp.money.guardrails import key_scope
 from aiserve_mcp.tools.billing import TransactionOut
 from aiserve_mcp.tools.common import AwareDatetime, Input, IntegerNumber, NoInput, Offset, Text
 from aiserve_mcp.tools.gpu_instances import ContractOut

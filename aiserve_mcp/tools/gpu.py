@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from aiserve_mcp.providers.base import OfferQuery
-from aiserve_mcp.services.gpu_catalog import TIERS, VENDORS, Tier, default_catalog
-from aiserve_mcp.services.gpu_selection import Candidate, Criteria, Priority, rank
+from aiserve_mcp.gpu.catalog import TIERS, VENDORS, Tier, default_catalog
+from aiserve_mcp.gpu.providers.base import OfferQuery
+from aiserve_mcp.gpu.selection import Candidate, Criteria, Priority, rank
 from aiserve_mcp.tools.common import DecimalNumber, Input, IntegerNumber, NoInput, any_case_pattern
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 

@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from aiserve_mcp.providers.base import Offer, OfferQuery
-from aiserve_mcp.services.gpu_market import MAX_DURATION_HOURS, ItemError, ProviderReport, Reservation
-from aiserve_mcp.services.gpu_selection import Criteria
-from aiserve_mcp.storage.models import GpuContract
+from aiserve_mcp.gpu.market import MAX_DURATION_HOURS, ItemError, ProviderReport, Reservation
+from aiserve_mcp.gpu.providers.base import Offer, OfferQuery
+from aiserve_mcp.gpu.selection import Criteria
+from aiserve_mcp.gpu.tables import GpuContract
 from aiserve_mcp.tools.common import Input, IntegerNumber, Text
 from aiserve_mcp.tools.gpu import Price, VramGb, saved_preferences
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from aiserve_mcp.billing.guardrails import (
+from aiserve_mcp.core.errors import NotFound
+from aiserve_mcp.money.guardrails import (
     MAX_WINDOW_S,
     NAMED_WINDOWS,
     key_scope,
@@ -15,8 +16,7 @@ from aiserve_mcp.billing.guardrails import (
     window_seconds,
     window_view,
 )
-from aiserve_mcp.errors import NotFound
-from aiserve_mcp.services.spend_store import WindowLimit, WindowTotal
+from aiserve_mcp.money.spend_store import WindowLimit, WindowTotal
 from aiserve_mcp.tools.common import DecimalNumber, Input, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from aiserve_mcp.errors import ValidationFailed
+from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import ANY_DTYPE, to_python
 from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool

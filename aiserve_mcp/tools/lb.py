@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from aiserve_mcp.errors import NotFound, PayloadTooLarge
-from aiserve_mcp.services.balancer import STRATEGIES, Strategy
-from aiserve_mcp.services.traffic import InstanceLoad, ProxyCall, UpstreamReply
+from aiserve_mcp.core.errors import NotFound, PayloadTooLarge
 from aiserve_mcp.tools.common import Input
 from aiserve_mcp.tools.gpu_instances import PoolName
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
+from aiserve_mcp.traffic.balancer import STRATEGIES, Strategy
+from aiserve_mcp.traffic.service import InstanceLoad, ProxyCall, UpstreamReply
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # What HTTP carries: a header name is a token; a value is visible ASCII with inner spaces or tabs.

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import anyio
 from pydantic import BaseModel, Field, field_serializer
 
-from aiserve_mcp.errors import Conflict, ValidationFailed
+from aiserve_mcp.core.errors import Conflict, ValidationFailed
 from aiserve_mcp.runtime.formats import FORMATS, detect, servability
 from aiserve_mcp.runtime.tensors import to_python
-from aiserve_mcp.storage.model_tables import ServedModel
+from aiserve_mcp.serving.tables import ServedModel
 from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 

@@ -14,10 +14,10 @@ from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel
 
-from aiserve_mcp.errors import AuthRequired, Forbidden, NotFound
-from aiserve_mcp.services.container import Services
-from aiserve_mcp.services.gpu_market import Progress
-from aiserve_mcp.services.principal import Principal
+from aiserve_mcp.bootstrap import Services
+from aiserve_mcp.core.errors import AuthRequired, Forbidden, NotFound
+from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.gpu.market import Progress
 
 
 @dataclass(frozen=True)

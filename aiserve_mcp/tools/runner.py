@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from aiserve_mcp.errors import AiserveError, ValidationFailed, kind_of
-from aiserve_mcp.services.outages import unexpected
+from aiserve_mcp.core.errors import AiserveError, ValidationFailed, kind_of
+from aiserve_mcp.core.outages import unexpected
 from aiserve_mcp.tools.registry import Tool, ToolContext
 
 

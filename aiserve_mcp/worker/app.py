@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from aiserve_mcp.errors import (
+from aiserve_mcp.core.errors import (
     AiserveError,
     AuthInvalid,
     PayloadTooLarge,

@@ -37,8 +37,8 @@ import anyio
 import httpx
 
 import aiserve_mcp
-from aiserve_mcp.errors import ServiceUnavailable
-from aiserve_mcp.settings import Settings
+from aiserve_mcp.core.errors import ServiceUnavailable
+from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.worker import TOKEN_ENV
 
 DISTRIBUTION: Final = "aiserve"

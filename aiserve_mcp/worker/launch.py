@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from aiserve_mcp.errors import ServiceUnavailable
+from aiserve_mcp.core.errors import ServiceUnavailable
 from aiserve_mcp.worker import TOKEN_ENV
 
 PASSED_ENV: Final = (

@@ -15,7 +15,7 @@ from typing import Any, Final
 import anyio
 import numpy as np
 
-from aiserve_mcp.errors import NotFound, PayloadTooLarge, ServiceUnavailable, ValidationFailed
+from aiserve_mcp.core.errors import NotFound, PayloadTooLarge, ServiceUnavailable, ValidationFailed
 from aiserve_mcp.runtime.onnx_model import OnnxModel
 from aiserve_mcp.runtime.torchscript_model import TorchScriptModel
 

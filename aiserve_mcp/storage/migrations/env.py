@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from aiserve_mcp.storage.models import Base
+from aiserve_mcp.storage.tables import Base
 
 target_metadata = Base.metadata
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from aiserve_mcp.storage.models import UtcDateTime
+from aiserve_mcp.storage.tables import UtcDateTime
 
 revision = "0001_accounts"
 down_revision = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from aiserve_mcp.storage.models import UtcDateTime
+from aiserve_mcp.storage.tables import UtcDateTime
 
 revision = "0003_gpu_contracts"
 down_revision = "0002_gpu_preferences"

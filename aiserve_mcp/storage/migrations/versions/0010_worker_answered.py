@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from aiserve_mcp.storage.models import UtcDateTime
+from aiserve_mcp.storage.tables import UtcDateTime
 
 revision = "0010_worker_answered"
 down_revision = "0009_a2a_tasks"

@@ -1,1 +1,0 @@
-"""Money: the credit ledger, payment gateways and spending guardrails."""

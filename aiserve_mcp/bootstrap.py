@@ -1,0 +1,211 @@
+"""The services one server process holds: built once from settings, shared by every surface."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+from pydantic import SecretStr
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from aiserve_mcp.accounts.security import TokenSigner, load_or_create_secret
+from aiserve_mcp.accounts.service import AccountService
+from aiserve_mcp.core.events import Event, EventBus, MemoryEventBus, RedisEventBus
+from aiserve_mcp.core.rate_windows import MemoryRateWindows, RateWindows, RedisRateWindows
+from aiserve_mcp.core.ratelimit import RateLimiter
+from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.core.telemetry import Telemetry
+from aiserve_mcp.gpu.catalog import default_catalog
+from aiserve_mcp.gpu.contracts import ContractStore
+from aiserve_mcp.gpu.market import GpuMarket
+from aiserve_mcp.gpu.preferences import GpuPreferenceStore
+from aiserve_mcp.gpu.providers.base import Provider
+from aiserve_mcp.gpu.providers.ionet import IoNetProvider
+from aiserve_mcp.gpu.providers.local import LocalProvider
+from aiserve_mcp.gpu.providers.vastai import VastAiProvider
+from aiserve_mcp.money.costs import CostGate
+from aiserve_mcp.money.guardrails import Guardrails
+from aiserve_mcp.money.ledger import Ledger
+from aiserve_mcp.money.payments import PaymentGateway, SandboxGateway, StripeGateway
+from aiserve_mcp.money.spend_store import RedisSpendStore, SpendStore, SqlSpendStore
+from aiserve_mcp.serving.host import ModelHost
+from aiserve_mcp.serving.store import ModelStore
+from aiserve_mcp.storage.database import Database
+from aiserve_mcp.storage.migrate import upgrade
+from aiserve_mcp.traffic.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
+from aiserve_mcp.traffic.pools import PoolStore
+from aiserve_mcp.traffic.service import Traffic
+from aiserve_mcp.worker.bundle import WorkerLaunch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    accounts: AccountService
+    rate_limiter: RateLimiter
+    telemetry: Telemetry
+    redis: Redis | None
+    gpu_preferences: GpuPreferenceStore
+    market: GpuMarket
+    traffic: Traffic
+    costs: CostGate
+    model_store: ModelStore
+    model_host: ModelHost
+    events: EventBus
+    payments: PaymentGateway | None
+    outbound: httpx.AsyncClient
+    proxy_client: httpx.AsyncClient
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Services:
+        """Build the services; nothing connects until first use. Call ``migrate()`` before serving."""
+        db = Database(settings.effective_database_url, settings.database_timeout_s)
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        signer = TokenSigner(load_or_create_secret(secret, settings.data_dir), settings.access_token_ttl_s)
+        redis = (
+            Redis(
+                connection_pool=BlockingConnectionPool.from_url(
+                    settings.redis_url,
+                    max_connections=200,
+                    timeout=settings.redis_timeout_s,
+                    socket_connect_timeout=settings.redis_timeout_s,
+                )
+            )
+            if settings.redis_url
+            else None
+        )
+        windows: RateWindows = (
+            RedisRateWindows(redis, settings.redis_prefix) if redis is not None else MemoryRateWindows()
+        )
+        outbound = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.provider_timeout_s), follow_redirects=False, trust_env=False
+        )
+        proxy_client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200), trust_env=False
+        )
+        loads: LoadStore = (
+            RedisLoadStore(redis, settings.redis_prefix + "lb:") if redis is not None else MemoryLoadStore()
+        )
+        telemetry = Telemetry()
+        events: EventBus = (
+            RedisEventBus(redis, settings.redis_prefix + "events") if redis is not None else MemoryEventBus()
+        )
+        spend_store: SpendStore = (
+            RedisSpendStore(redis, settings.redis_prefix + "spend:")
+            if redis is not None
+            else SqlSpendStore(db)
+        )
+        costs = CostGate(Ledger(db), Guardrails(db, spend_store, settings.spending_limits, telemetry, events))
+        market = GpuMarket(
+            ContractStore(db, events),
+            _providers(settings, outbound),
+            default_catalog(),
+            costs,
+            cache_ttl_s=settings.offer_cache_ttl_s,
+            timeout_s=settings.provider_timeout_s,
+        )
+        balancer = Balancer(
+            loads, eject_after=settings.lb_eject_after, eject_for_s=settings.lb_eject_for_s, clock=time.time
+        )
+        model_store = ModelStore(db, settings, events)
+        traffic = Traffic(
+            market,
+            PoolStore(db),
+            balancer,
+            proxy_client,
+            timeout_s=settings.proxy_timeout_s,
+            allow_private=settings.proxy_allow_private,
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            accounts=AccountService(db, signer, settings.refresh_token_ttl_s, settings.read_cache_ttl_s),
+            rate_limiter=RateLimiter(windows, settings.rate_limit_window_s, telemetry),
+            telemetry=telemetry,
+            redis=redis,
+            gpu_preferences=GpuPreferenceStore(db),
+            market=market,
+            traffic=traffic,
+            costs=costs,
+            model_store=model_store,
+            model_host=ModelHost(
+                model_store,
+                telemetry,
+                events,
+                traffic,
+                proxy_client,
+                threads=settings.model_threads,
+                max_batch=settings.model_max_batch,
+                worker_timeout_s=settings.model_worker_timeout_s,
+            ),
+            events=events,
+            payments=_payments(settings),
+            outbound=outbound,
+            proxy_client=proxy_client,
+        )
+
+    async def migrate(self) -> None:
+        """Apply pending database migrations (runs Alembic in a worker thread)."""
+        await anyio.to_thread.run_sync(upgrade, self.db.url)
+        log.info("database %s is at the latest schema", self.db.engine.url.render_as_string())
+
+    async def metrics_snapshot(self) -> Event:
+        """``metrics.snapshot`` for every subscriber: this process's numbers, as ``/stats`` reports them."""
+        telemetry = self.telemetry
+        data = {
+            "pid": os.getpid(),
+            "requests_total": telemetry.requests_total,
+            "requests_per_second": telemetry.requests_per_second(),
+            "active_connections": telemetry.active_connections,
+            "gpu_instances_active": await self.market.contracts.count_active(),
+            "models_loaded": self.model_host.loaded,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+        return Event("metrics", "metrics.snapshot", data)
+
+    async def close(self) -> None:
+        await self.model_host.aclose()
+        await self.events.aclose()
+        await self.market.aclose()
+        await self.outbound.aclose()
+        await self.proxy_client.aclose()
+        if self.payments is not None:
+            await self.payments.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.dispose()
+
+
+def _secret(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret else None
+
+
+def _payments(settings: Settings) -> PaymentGateway | None:
+    """Stripe when its key is set; the sandbox only when explicitly enabled; otherwise none."""
+    if settings.stripe_api_key is not None:
+        return StripeGateway(
+            settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            webhook_secret=_secret(settings.stripe_webhook_secret),
+        )
+    if settings.billing_sandbox:
+        return SandboxGateway(_secret(settings.stripe_webhook_secret))
+    return None
+
+
+def _providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provider]:
+    key = _secret
+    launch = WorkerLaunch.from_settings(settings)  # how rented machines fetch and start the worker
+    return {
+        "vastai": VastAiProvider(client, settings.vastai_url, key(settings.vastai_api_key), launch),
+        "ionet": IoNetProvider(client, settings.ionet_url, key(settings.ionet_api_key), launch),
+        "local": LocalProvider(settings.local_price_per_hour, settings.local_cpu_slots),
+    }

@@ -1,0 +1,395 @@
+"""This host as a GPU provider: its accelerators (or its CPU) are the offers, a worker process the instance.
+
+Renting an offer starts ``aiserve worker`` on a free loopback port with a fresh token; destroying it stops
+the process. Workers live as long as the server that started them: ``aclose`` stops them all, a worker
+whose server died stops by itself (``worker/launch.py``), and a contract whose worker is gone reads as
+destroyed. Other server processes on this host may share the database: a worker that one of them holds
+is theirs, seen here through ``/proc`` (:func:`find_worker`), and is neither reported gone nor stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+import anyio
+
+from aiserve_mcp.core.errors import ServiceUnavailable
+from aiserve_mcp.gpu.catalog import normalise_name
+from aiserve_mcp.gpu.providers.base import (
+    Billing,
+    InstanceState,
+    InstanceStatus,
+    Offer,
+    OfferQuery,
+    OfferUnavailable,
+    ProviderFailed,
+    Rental,
+    RentRequest,
+)
+from aiserve_mcp.worker.launch import (
+    CONTRACT_ENV,
+    PARENT_PID_ENV,
+    contract_workdirs,
+    start_worker,
+    stop_worker,
+)
+
+log = logging.getLogger(__name__)
+
+LOCATION = "local"
+PROC: Final = Path("/proc")
+RENT_GRACE_S: Final = 300.0  # a contract with no worker yet may be in the middle of a rent this long
+STOP_GRACE_S: Final = 5.0  # a leftover worker gets this long after SIGTERM before SIGKILL
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    offer_id: str
+    name: str
+    vram_gb: int
+    visible_devices: str  # CUDA_VISIBLE_DEVICES for a worker on it ("" hides every GPU)
+
+
+@dataclass
+class _Worker:
+    offer_id: str
+    process: asyncio.subprocess.Process
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class HostWorker:
+    """An ``aiserve worker`` process on this host, as ``/proc`` shows it."""
+
+    pid: int
+    contract_id: str | None  # the contract it was started for (its environment says), if any
+    started_by: int | None  # the pid of the server that started it (its environment says)
+    parent: int  # its parent now
+
+    @property
+    def orphaned(self) -> bool:
+        """Its server is gone: it was adopted by another process (it stops by itself within seconds)."""
+        return self.started_by is None or self.parent != self.started_by
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a contract whose worker no live server holds ends: its status, why, and when it stopped."""
+
+    status: InstanceStatus
+    message: str
+    at: datetime
+
+
+def _is_worker(cmdline: list[bytes]) -> bool:
+    """``python -m aiserve_mcp worker ...``, as :func:`aiserve_mcp.worker.launch.start_worker` runs it."""
+    return cmdline[1:4] == [b"-m", b"aiserve_mcp", b"worker"]
+
+
+def inspect_worker(pid: int) -> HostWorker | None:
+    """The ``aiserve worker`` running as ``pid`` on this host; None when there is no such process, it is
+    something else (a pid reused by another program), it has exited, or ``/proc`` cannot tell (another
+    user's process, a system without ``/proc``)."""
+    base = PROC / str(pid)
+    try:
+        cmdline = (base / "cmdline").read_bytes().split(b"\0")
+        if not _is_worker(cmdline):
+            return None
+        stat = (base / "stat").read_text()
+        fields = stat[stat.rfind(")") + 2 :].split()
+        environ = dict(
+            item.split(b"=", 1) for item in (base / "environ").read_bytes().split(b"\0") if b"=" in item
+        )
+    except (OSError, ValueError):
+        return None
+    if fields[0] in ("Z", "X"):  # exited, waiting to be collected
+        return None
+    contract = environ.get(CONTRACT_ENV.encode())
+    started_by = environ.get(PARENT_PID_ENV.encode(), b"")
+    return HostWorker(
+        pid,
+        contract.decode(errors="replace") if contract else None,
+        int(started_by) if started_by.isdigit() else None,
+        int(fields[1]),
+    )
+
+
+def find_worker(contract_id: str, pid: int | None) -> HostWorker | None:
+    """The worker of ``contract_id`` on this host: the process ``pid`` when it is known (the instance id
+    names it), else any ``aiserve worker`` whose environment names the contract."""
+    if pid is not None:
+        found = inspect_worker(pid)
+        return found if found is not None and found.contract_id == contract_id else None
+    try:
+        pids = [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
+    except OSError:
+        return None
+    return next(
+        (w for w in map(inspect_worker, pids) if w is not None and w.contract_id == contract_id), None
+    )
+
+
+def _alive(pidfd: int | None, pid: int) -> bool:
+    if pidfd is not None:
+        return not select.select([pidfd], [], [], 0)[0]
+    return inspect_worker(pid) is not None
+
+
+def _wait_gone(pidfd: int | None, pid: int, timeout_s: float) -> bool:
+    if pidfd is not None:
+        return bool(select.select([pidfd], [], [], timeout_s)[0])
+    deadline = time.monotonic() + timeout_s
+    while inspect_worker(pid) is not None:
+        if time.monotonic() > deadline:
+            return False
+        select.select([], [], [], 0.05)
+    return True
+
+
+def stop_leftover(worker: HostWorker, grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop ``worker`` (SIGTERM, then SIGKILL after ``grace_s``) if it is still the orphaned worker of the
+    same contract; blocking. The process is pinned with a pidfd where the system has them, so that a pid
+    reused in the meantime is never signalled. Returns whether it was stopped here."""
+    try:
+        pidfd: int | None = os.pidfd_open(worker.pid) if hasattr(os, "pidfd_open") else None
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pidfd = None
+    try:
+        again = inspect_worker(worker.pid)  # read after pinning: the process the pidfd refers to
+        if again is None or again.contract_id != worker.contract_id or not again.orphaned:
+            return False
+
+        def send(sig: signal.Signals) -> None:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(worker.pid, sig)
+
+        try:
+            send(signal.SIGTERM)
+            if not _wait_gone(pidfd, worker.pid, grace_s) and _alive(pidfd, worker.pid):
+                send(signal.SIGKILL)
+                _wait_gone(pidfd, worker.pid, grace_s)
+        except ProcessLookupError:
+            pass
+        return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pid_in(instance_id: str | None) -> int | None:
+    """The worker's pid in a local instance id (``cpu0-1234``, ``gpu1-1234``)."""
+    tail = instance_id.rsplit("-", 1)[-1] if instance_id else ""
+    return int(tail) if tail.isdigit() else None
+
+
+def _last_heartbeat(contract_id: str) -> datetime | None:
+    """When the worker of ``contract_id`` last touched its working directory, which is then removed."""
+    latest = None
+    for workdir in contract_workdirs(contract_id):
+        try:
+            beat = datetime.fromtimestamp(workdir.stat().st_mtime, UTC)
+        except OSError:
+            continue
+        latest = beat if latest is None else max(latest, beat)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return latest
+
+
+def _nvidia_smi() -> list[Accelerator]:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run(  # noqa: S603 (a fixed argument list for the driver's own tool)
+            [exe, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    found = []
+    for line in out.strip().splitlines():
+        index, name, mib = (part.strip() for part in line.split(","))
+        found.append(Accelerator(f"gpu{index}", name, round(int(mib) / 1024), index))
+    return found
+
+
+def _torch_cuda() -> list[Accelerator]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [
+        Accelerator(
+            f"gpu{i}",
+            torch.cuda.get_device_name(i),
+            round(torch.cuda.get_device_properties(i).total_memory / 2**30),
+            str(i),
+        )
+        for i in range(torch.cuda.device_count())
+    ]
+
+
+def detect_accelerators(cpu_slots: int) -> list[Accelerator]:
+    """GPUs from the NVIDIA driver (or torch without the driver tool); else ``cpu_slots`` CPU slots."""
+    gpus = _nvidia_smi() or _torch_cuda()
+    if gpus:
+        return gpus
+    cpu = platform.processor() or platform.machine()
+    return [Accelerator(f"cpu{i}", f"CPU ({cpu}, {os.cpu_count()} cores)", 0, "") for i in range(cpu_slots)]
+
+
+class LocalProvider:
+    name = "local"
+    billing: Billing = "metered"
+
+    def __init__(self, price_per_hour: Decimal, cpu_slots: int) -> None:
+        self._price = price_per_hour
+        self._cpu_slots = cpu_slots
+        self._workers: dict[str, _Worker] = {}
+        self._lock = asyncio.Lock()
+        self._accelerators: list[Accelerator] | None = None
+
+    @property
+    def configured(self) -> bool:
+        return True
+
+    async def _devices(self) -> list[Accelerator]:
+        if self._accelerators is None:
+            self._accelerators = await anyio.to_thread.run_sync(detect_accelerators, self._cpu_slots)
+        return self._accelerators
+
+    def _offer(self, device: Accelerator) -> Offer:
+        busy = {w.offer_id for w in self._workers.values() if w.process.returncode is None}
+        return Offer(
+            provider=self.name,
+            offer_id=device.offer_id,
+            gpu_model=device.name,
+            num_gpus=1 if device.visible_devices else 0,
+            vram_gb=device.vram_gb,
+            price_per_hour=self._price,
+            location=LOCATION,
+            available=device.offer_id not in busy,
+            reliability=1.0,
+            extras={"device": f"cuda:{device.visible_devices}" if device.visible_devices else "cpu"},
+        )
+
+    async def search(self, query: OfferQuery) -> list[Offer]:
+        model = normalise_name(query.gpu_model) if query.gpu_model else None
+        return [
+            offer
+            for offer in map(self._offer, await self._devices())
+            if (query.min_vram_gb is None or offer.vram_gb >= query.min_vram_gb)
+            and (query.max_price_per_hour is None or offer.price_per_hour <= query.max_price_per_hour)
+            and (model is None or model in normalise_name(offer.gpu_model))
+            and (query.location is None or query.location.lower() == LOCATION)
+        ]
+
+    async def get_offer(self, offer_id: str) -> Offer | None:
+        return next((self._offer(d) for d in await self._devices() if d.offer_id == offer_id), None)
+
+    async def rent(self, request: RentRequest) -> Rental:
+        async with self._lock:
+            offer = await self.get_offer(request.offer_id)
+            if offer is None or not offer.available:
+                raise OfferUnavailable(
+                    f"local offer '{request.offer_id}' is {'unknown' if offer is None else 'already rented'}",
+                    {"provider": self.name, "offer_id": request.offer_id},
+                )
+            device = next(d for d in await self._devices() if d.offer_id == request.offer_id)
+            try:
+                started = await start_worker(
+                    visible_devices=device.visible_devices, extra_env=request.env, contract_id=request.label
+                )
+            except ServiceUnavailable as exc:
+                log.warning("local worker on %s: %s", device.offer_id, exc.message)
+                raise ProviderFailed(
+                    "the local worker did not start; see the server log", {"provider": self.name}
+                ) from None
+            instance_id = f"{device.offer_id}-{started.process.pid}"
+            self._workers[instance_id] = _Worker(device.offer_id, started.process, started.endpoint)
+        log.info("local worker %s listening on %s", instance_id, started.endpoint)
+        return Rental(
+            instance_id, "running", self._price, endpoint=started.endpoint, access_token=started.token
+        )
+
+    async def status(self, instance_id: str) -> InstanceState:
+        worker = self._workers.get(instance_id)
+        if worker is None:
+            pid = _pid_in(instance_id)
+            other = await anyio.to_thread.run_sync(inspect_worker, pid) if pid is not None else None
+            if other is not None and not other.orphaned and other.contract_id is not None:
+                return InstanceState("running")  # another server process on this host holds it
+            return InstanceState("destroyed", message="no such worker on this host (stopped or not started)")
+        code = worker.process.returncode
+        if code is None:
+            return InstanceState("running", endpoint=worker.endpoint)
+        return InstanceState("failed", message=f"the worker exited with code {code}")
+
+    async def leftover(
+        self, contract_id: str, instance_id: str | None, period_start: datetime, created_at: datetime
+    ) -> Ending | None:
+        """How a contract stored as active here ends when no live server on this host holds its worker
+        (its server was restarted or killed); None while this server or another live one holds it, or
+        while it may still be in the middle of a rent (no instance yet, younger than
+        :data:`RENT_GRACE_S`). A leftover worker of the contract that still runs is stopped (it is
+        identified by its command line and the contract id in its environment, never by its pid alone).
+        The contract ran until then, or until its worker's last heartbeat when the worker is gone."""
+        if instance_id is not None and instance_id in self._workers:
+            return None
+        worker = await anyio.to_thread.run_sync(find_worker, contract_id, _pid_in(instance_id))
+        if worker is not None and not worker.orphaned:
+            return None
+        now = datetime.now(UTC)
+        if worker is None and instance_id is None and now - created_at < timedelta(seconds=RENT_GRACE_S):
+            return None
+        if worker is not None and await anyio.to_thread.run_sync(stop_leftover, worker):
+            log.warning("stopped worker %d of %s: its server is gone", worker.pid, contract_id)
+        beat = await anyio.to_thread.run_sync(_last_heartbeat, contract_id)
+        if instance_id is None:
+            return Ending("failed", "the server stopped before this worker started; nothing is charged", now)
+        stopped_at = now if worker is not None or beat is None else min(now, max(beat, period_start))
+        return Ending(
+            "destroyed",
+            "the server that started this worker stopped or was restarted, and the worker with it",
+            stopped_at,
+        )
+
+    async def destroy(self, instance_id: str) -> None:
+        worker = self._workers.pop(instance_id, None)
+        if worker is not None:
+            await stop_worker(worker.process)
+
+    @property
+    def holds_workers(self) -> bool:
+        """Whether this provider started workers that it has not stopped."""
+        return bool(self._workers)
+
+    async def aclose(self) -> None:
+        """Stop every worker this provider started. Their working directories stay as the record of when
+        they stopped, for :meth:`leftover` (the market ends their contracts next, or the next server to
+        start on this database does)."""
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            await stop_worker(worker.process, keep_workdir=True)

@@ -1,1 +1,0 @@
-"""GPU marketplaces behind one interface: vast.ai, io.net and this host."""

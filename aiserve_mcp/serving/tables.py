@@ -1,0 +1,50 @@
+"""Tables of model serving: uploaded models and the upload log that quotas count."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from aiserve_mcp.storage.tables import Base, UtcDateTime, new_id, utcnow
+
+
+class ServedModel(Base):
+    """A user's model file and what is known about it. ``status``: loading, ready, failed (the file
+    cannot be loaded), or stored (kept, but this server cannot serve its format: ``status_reason``)."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    format: Mapped[str] = mapped_column(String(32))
+    variant: Mapped[str | None] = mapped_column(String(32))
+    framework: Mapped[str | None] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[str | None] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(255))
+    gpu_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpu_type: Mapped[str | None] = mapped_column(String(64))
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_batch_size: Mapped[int | None] = mapped_column(Integer)  # None: the server's AISERVE_MODEL_MAX_BATCH
+    max_queue_delay_ms: Mapped[float] = mapped_column(Float, default=0.0)  # 0: greedy, never waits
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ModelUpload(Base):
+    """One accepted upload, kept after the model is deleted so upload rates stay honest."""
+
+    __tablename__ = "model_uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)

@@ -1,0 +1,641 @@
+"""``POST /api/v1/agent``: detection, each protocol through the app, and the parsers of agent_messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from starlette.datastructures import Headers
+from starlette.routing import Route
+
+from aiserve_mcp.core.errors import NotFound, ValidationFailed
+from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.protocols.a2a.card import A2A_PATH
+from aiserve_mcp.protocols.agent_door.door import (
+    A2A,
+    AGENT_PATH,
+    MCP,
+    PROTOCOL_HEADER,
+    SUPPORTED,
+    AgentDoor,
+    detect,
+)
+from aiserve_mcp.protocols.agent_door.messages import (
+    MAX_SEXP_DEPTH,
+    AcpRun,
+    Envelope,
+    FipaMessage,
+    KqmlMessage,
+    NotUnderstood,
+    Symbol,
+    ToolCall,
+    format_sexp,
+    kqml_from_text,
+    parse_acp,
+    parse_envelope,
+    parse_fipa,
+    parse_sexp,
+    tool_call_of,
+)
+from aiserve_mcp.protocols.mcp.http import MCP_PATH
+from aiserve_mcp.tools import REGISTRY
+from tests.conftest import Account, LiveServer, api_key, app_client, sign_up
+
+PROTOCOLS = {name for name, _ in SUPPORTED}
+WHOAMI = {"tool": "whoami", "arguments": {}}
+NEGATIVE_PAYMENT = {"amount": -5, "payment_preference": {"type": "card", "card_token": "tok_visa"}}
+
+
+def detected(body: Any, headers: dict[str, str] | None = None) -> Any:
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    return detect(Headers(headers or {}), raw)
+
+
+# Detection
+
+
+def test_headers_win_over_the_body() -> None:
+    envelope = {"protocol": "a2a", "action": "whoami"}
+    assert detected(envelope, {"MCP-Protocol-Version": "2025-11-25"}) == MCP
+    assert detected(envelope, {"Mcp-Session-Id": "s"}) == MCP
+    assert detected(envelope, {"Mcp-Method": "tools/list"}) == MCP
+    assert detected(envelope, {"A2A-Version": "1.0"}) == A2A
+    assert detected("not even json", {"mcp-protocol-version": "2026-07-28"}) == MCP
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "target"),
+    [
+        ("initialize", {}, MCP),
+        ("server/discover", {}, MCP),
+        ("tools/call", {"name": "whoami"}, MCP),
+        ("resources/read", {"uri": "x"}, MCP),
+        ("prompts/get", {}, MCP),
+        ("notifications/initialized", None, MCP),
+        ("logging/setLevel", {}, MCP),
+        ("tasks/get", {"taskId": "t"}, MCP),
+        ("tasks/get", {"id": "t"}, A2A),
+        ("tasks/cancel", {"id": "t"}, A2A),
+        ("SendMessage", {}, A2A),
+        ("GetExtendedAgentCard", {}, A2A),
+        ("message/send", {}, A2A),
+        ("tasks/pushNotificationConfig/set", {}, A2A),
+        ("agent/getAuthenticatedExtendedCard", {}, A2A),
+    ],
+)
+def test_json_rpc_methods(method: str, params: Any, target: Any) -> None:
+    assert detected({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}) == target
+
+
+def test_a_batch_follows_its_first_element() -> None:
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "GetTask"}]
+    assert detected(batch) == MCP
+    assert detected(list(reversed(batch))) == A2A
+
+
+def test_shapes() -> None:
+    assert isinstance(
+        detected({"protocol": "a2a", "from_agent": "x", "action": "whoami", "data": {}}), Envelope
+    )
+    acp = {"agent_name": "whoami", "input": [{"role": "user", "parts": [{"content": "{}"}]}]}
+    assert isinstance(detected(acp), AcpRun)
+    fipa = {"performative": "REQUEST", "sender": "a", "receiver": "b", "content": WHOAMI}
+    assert isinstance(fipa_message := detected(fipa), FipaMessage) and fipa_message.performative == "request"
+    kqml_json = detected({"performative": "ask-one", "sender": "a", "content": json.dumps(WHOAMI)})
+    assert isinstance(kqml_json, KqmlMessage) and not kqml_json.sexp
+    kqml_text = detected("  (ask-one :sender a :content (whoami))")
+    assert isinstance(kqml_text, KqmlMessage) and kqml_text.sexp
+    kqml_in_json = detected(json.dumps("(tell :sender a :content x)"))
+    assert isinstance(kqml_in_json, KqmlMessage) and kqml_in_json.performative == "tell"
+
+
+def test_subscribe_is_fipa_unless_a_kqml_only_parameter_says_otherwise() -> None:
+    assert isinstance(detected({"performative": "subscribe", "sender": "a", "receiver": "b"}), FipaMessage)
+    kqml = {"performative": "subscribe", "sender": "a", "receiver": "b", "force": "permanent"}
+    assert isinstance(detected(kqml), KqmlMessage)
+    assert isinstance(detected({"performative": "subscribe", "sender": "a"}), KqmlMessage)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ('{"protocol": ', "neither JSON nor"),
+        ({"hello": "world"}, "none of the shapes"),
+        ([1, 2], "not an object"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "eth_call"}, "neither MCP's nor A2A's"),
+        ({"performative": "request", "sender": "a"}, "none of the shapes"),  # FIPA needs a receiver
+        ({"performative": "tell", "receiver": "a"}, "none of the shapes"),  # KQML needs a sender
+        ("(ask-one :sender a :content (whoami)", "'(' is not closed"),
+        ("(ask-one :sender a))", "text after the end"),
+        ("(" * 40 + ")" * 40, "deeper than"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("(inform :sender a)", "not a KQML performative"),
+        ("(ask-one :receiver a :content x)", "no :sender"),
+        ("(ask-one :sender)", "pairs"),
+    ],
+)
+def test_unsupported_bodies_name_every_protocol(body: Any, reason: str) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        detected(body)
+    assert reason in refused.value.details["reason"]
+    assert {p["protocol"] for p in refused.value.details["supported"]} == PROTOCOLS
+    assert all(name in refused.value.message for name in PROTOCOLS)
+
+
+# S-expressions
+
+
+def test_sexp_atoms_and_nesting() -> None:
+    parsed = parse_sexp(
+        '(ask-one :sender "a \\"b\\" \\\\ c" :n -5 :f 2.5e1 :t true :f2 false :z nil (x (y)))'
+    )
+    assert parsed == [
+        Symbol("ask-one"),
+        Symbol(":sender"),
+        'a "b" \\ c',
+        Symbol(":n"),
+        -5,
+        Symbol(":f"),
+        25.0,
+        Symbol(":t"),
+        True,
+        Symbol(":f2"),
+        False,
+        Symbol(":z"),
+        None,
+        [Symbol("x"), [Symbol("y")]],
+    ]
+    assert parse_sexp(format_sexp(parsed)) == parsed
+    assert parse_sexp("1_000") == Symbol("1_000")  # Python's int() would take it; the grammar does not
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("(a", "not closed"),
+        (")", "closes nothing"),
+        ('(a "b)', "string is not closed"),
+        ("(a) (b)", "after the end"),
+        ("(" * (MAX_SEXP_DEPTH + 1) + ")" * (MAX_SEXP_DEPTH + 1), "deeper than"),
+        ("(" + "a " * 600_000 + ")", "longer than"),
+        ("9" * 5000, "too long"),
+    ],
+)
+def test_sexp_refusals(text: str, reason: str) -> None:
+    with pytest.raises(ValidationFailed, match=reason):
+        parse_sexp(text)
+    assert parse_sexp("(" * MAX_SEXP_DEPTH + ")" * MAX_SEXP_DEPTH) is not None
+
+
+# Messages
+
+
+def test_tool_call_of_content() -> None:
+    assert tool_call_of(WHOAMI) == ToolCall("whoami", {})
+    assert tool_call_of('{"action": "predict", "arguments": {"model_id": "m"}}') == ToolCall(
+        "predict", {"model_id": "m"}
+    )
+    assert tool_call_of(None, "capabilities") == ToolCall("capabilities", {})
+    for bad in ("not json", "[1]", {"tool": 3}, {"tool": "x", "arguments": [1]}, {}):
+        with pytest.raises(NotUnderstood):
+            tool_call_of(bad)
+
+
+def test_envelope_reply_swaps_the_agents() -> None:
+    message = parse_envelope({"protocol": "a2a", "from_agent": "a1", "to_agent": "a2", "action": "whoami"})
+    assert message.call() == ToolCall("whoami", {})
+    reply = message.answer({"ok": 1})
+    assert reply.status == 200
+    assert json.loads(reply.body) == {
+        "protocol": "a2a",
+        "from_agent": "a2",
+        "to_agent": "a1",
+        "action": "whoami",
+        "status": "success",
+        "result": {"ok": 1},
+    }
+    refused = parse_envelope({"protocol": "x", "from_agent": "a1", "action": "y"}).refuse(NotFound("gone"))
+    assert refused.status == 404
+    assert json.loads(refused.body)["from_agent"] == "aiserve"
+    assert json.loads(refused.body)["error"] == {"error": "gone", "code": "NOT_FOUND"}
+    with pytest.raises(ValidationFailed, match="'data' must be a JSON object"):
+        parse_envelope({"protocol": "x", "action": "whoami", "data": [1]}).call()
+
+
+def test_acp_run_shape() -> None:
+    run = parse_acp({"agent_name": "whoami", "input": [{"role": "user", "parts": [{"content": ""}]}]})
+    assert run.call() == ToolCall("whoami", {})
+    done = json.loads(run.answer({"x": 1}).body)
+    assert done["status"] == "completed" and done["error"] is None and done["run_id"] == run.run_id
+    assert done["output"] == [
+        {"role": "agent/whoami", "parts": [{"content": '{"x": 1}', "content_type": "application/json"}]}
+    ]
+    assert done["created_at"] <= done["finished_at"]
+    via_aiserve = {"agent_name": "aiserve", "input": [{"parts": [{"content": WHOAMI}]}]}
+    assert parse_acp(via_aiserve).call() == ToolCall("whoami", {})
+    failed = json.loads(run.refuse(NotFound("gone")).body)
+    assert failed["status"] == "failed" and failed["output"] == []
+    assert failed["error"] == {
+        "code": "NOT_FOUND",
+        "message": "gone",
+        "data": {"error": "gone", "code": "NOT_FOUND"},
+    }
+    with pytest.raises(ValidationFailed, match="parts"):
+        parse_acp({"agent_name": "whoami", "input": [{"role": "user"}]}).call()
+
+
+def test_fipa_reply_fields() -> None:
+    message = parse_fipa(
+        {
+            "performative": "request",
+            "sender": {"name": "a@host"},
+            "receiver": [{"name": "aiserve@host"}],
+            "content": json.dumps(WHOAMI),
+            "conversation-id": "c1",
+            "reply-with": "r1",
+            "ontology": "gpu",
+            "protocol": "fipa-request",
+        }
+    )
+    assert message.call() == ToolCall("whoami", {})
+    assert json.loads(message.answer({"x": 1}).body) == {
+        "performative": "inform",
+        "sender": {"name": "aiserve@host"},
+        "receiver": {"name": "a@host"},
+        "content": '{"x": 1}',  # text, as the request's content was
+        "language": "json",
+        "conversation-id": "c1",
+        "in-reply-to": "r1",
+        "ontology": "gpu",
+        "protocol": "fipa-request",
+    }
+    assert (
+        parse_fipa({"performative": "query-ref", "sender": "a", "receiver": "b"}).call().name
+        == "capabilities"
+    )
+    with pytest.raises(NotUnderstood):
+        parse_fipa({"performative": "request", "sender": "a", "receiver": "b"}).call()
+    cfp = parse_fipa({"performative": "cfp", "sender": "a", "receiver": "b", "content": {}})
+    with pytest.raises(NotUnderstood) as refused:
+        cfp.call()
+    assert json.loads(cfp.refuse(refused.value).body)["performative"] == "not-understood"
+    assert json.loads(cfp.refuse(NotFound("x")).body)["performative"] == "failure"
+
+
+def test_kqml_content_and_sexp_reply() -> None:
+    message = kqml_from_text(
+        "(ask-one :sender agent-a :receiver aiserve :reply-with q1 :ontology gpu "
+        ':content (create_payment :amount -5 :currency "USD" :tags (a "b")))'
+    )
+    assert message.call() == ToolCall("create_payment", {"amount": -5, "currency": "USD", "tags": ["a", "b"]})
+    reply = message.answer({"said": 'a "quoted" \\ word'})
+    assert reply.media_type.startswith("text/plain")
+    parsed = parse_sexp(reply.body)
+    assert isinstance(parsed, list) and parsed[0] == Symbol("tell")
+    fields = dict(zip(parsed[1::2], parsed[2::2], strict=True))
+    assert fields[Symbol(":sender")] == Symbol("aiserve") and fields[Symbol(":receiver")] == Symbol("agent-a")
+    assert fields[Symbol(":in-reply-to")] == Symbol("q1") and fields[Symbol(":ontology")] == Symbol("gpu")
+    assert fields[Symbol(":language")] == Symbol("json")
+    assert json.loads(str(fields[Symbol(":content")])) == {"said": 'a "quoted" \\ word'}
+    assert kqml_from_text('(achieve :sender a :content "{\\"tool\\": \\"whoami\\"}")').call() == ToolCall(
+        "whoami", {}
+    )
+    assert kqml_from_text("(evaluate :sender a :content whoami)").call() == ToolCall("whoami", {})
+    assert kqml_from_text('(ask-all :sender a :content "(whoami)")').call() == ToolCall("whoami", {})
+    for text in (
+        "(tell :sender a :content (whoami))",
+        "(ask-one :sender a)",
+        "(ask-one :sender a :content (x 1))",
+    ):
+        with pytest.raises(NotUnderstood):
+            kqml_from_text(text).call()
+
+
+# Through the app
+
+
+@pytest.fixture
+async def door(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Account]]:
+    async with app_client(settings.model_copy(update={"billing_sandbox": True})) as (_, client):
+        yield client, await sign_up(client)
+
+
+async def post(client: httpx.AsyncClient, account: Account, body: Any, **headers: str) -> httpx.Response:
+    if isinstance(body, str):
+        return await client.post(AGENT_PATH, content=body, headers={**account.headers, **headers})
+    return await client.post(AGENT_PATH, json=body, headers={**account.headers, **headers})
+
+
+def protocol_of(response: httpx.Response) -> str | None:
+    protocol: str | None = response.headers.get(PROTOCOL_HEADER)
+    return protocol
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])  # the stateless era, and the initialize handshake
+async def test_mcp_sdk_client_through_the_door(live_server: LiveServer, mode: str) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        account = await sign_up(http)
+        key = await api_key(http, account, scopes=["account:read", "system:read"])
+    tagged: list[str | None] = []
+
+    async def record(response: httpx2.Response) -> None:
+        tagged.append(response.headers.get(PROTOCOL_HEADER))
+
+    async with (
+        httpx2.AsyncClient(
+            headers={"X-API-Key": key}, timeout=30, event_hooks={"response": [record]}
+        ) as http2,
+        Client(streamable_http_client(live_server.url + AGENT_PATH, http_client=http2), mode=mode) as client,
+    ):
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"whoami", "system_stats"} <= names and "create_api_key" not in names
+        result = await client.call_tool("whoami", {})
+        assert result.structured_content is not None
+        assert result.structured_content["user"]["email"] == account.email
+        assert result.structured_content["auth_method"] == "api_key"
+        refused = await client.call_tool("create_api_key", {"name": "k"})
+        assert refused.is_error is True
+        assert json.loads(refused.content[0].text)["code"] == "FORBIDDEN"  # type: ignore[union-attr]
+    assert tagged and set(tagged) == {"mcp"}
+
+
+async def test_bare_mcp_post_answers_as_the_mcp_endpoint(door: tuple[httpx.AsyncClient, Account]) -> None:
+    client, account = door
+    listing = {"jsonrpc": "2.0", "method": "tools/list", "params": {}, "id": 1}
+    through_door = await post(client, account, listing)
+    direct = await client.post(MCP_PATH, json=listing, headers=account.headers)
+    assert through_door.status_code == 200 and protocol_of(through_door) == "mcp"
+    assert through_door.json() == direct.json()
+    assert "x-ratelimit-limit" in through_door.headers  # the gateway's headers, once
+
+
+async def test_a2a_json_rpc_through_the_door(door: tuple[httpx.AsyncClient, Account]) -> None:
+    client, account = door
+    send = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {
+                "role": "ROLE_USER",
+                "messageId": "m-1",
+                "parts": [{"data": {"tool": "whoami", "arguments": {}}}],
+            }
+        },
+    }
+    response = await post(client, account, send, **{"A2A-Version": "1.0"})
+    assert protocol_of(response) == "a2a"
+    assert response.status_code == 200, response.text
+    task = response.json()["result"]["task"]
+    fetched = await client.post(
+        A2A_PATH,
+        json={"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task["id"]}},
+        headers={**account.headers, "A2A-Version": "1.0"},
+    )
+    assert fetched.json()["result"]["id"] == task["id"]
+    assert account.email in json.dumps(fetched.json()["result"])
+    by_method = await post(
+        client, account, {"jsonrpc": "2.0", "id": 3, "method": "tasks/get", "params": {"id": task["id"]}}
+    )
+    assert protocol_of(by_method) == "a2a" and by_method.json()["result"]["id"] == task["id"]
+
+
+async def test_envelope_success_alias_and_errors(door: tuple[httpx.AsyncClient, Account]) -> None:
+    client, account = door
+    base = {"protocol": "a2a", "from_agent": "agent1", "to_agent": "agent2"}
+    ok = await post(client, account, {**base, "action": "whoami", "data": {}})
+    assert ok.status_code == 200 and protocol_of(ok) == "envelope"
+    body = ok.json()
+    assert body["status"] == "success" and body["result"]["user"]["email"] == account.email
+    assert (body["protocol"], body["from_agent"], body["to_agent"], body["action"]) == (
+        "a2a",
+        "agent2",
+        "agent1",
+        "whoami",
+    )
+
+    for alias in ("query", "capabilities", "list_tools"):
+        listed = await post(client, account, {**base, "action": alias, "data": {}})
+        tools = {t["name"]: t for t in listed.json()["result"]["tools"]}
+        assert "whoami" in tools and "auth_login" not in tools  # agents are authenticated already
+        assert tools["create_payment"]["scope"] == "billing:write"
+        assert "amount" in tools["create_payment"]["input_schema"]["properties"]
+
+    unknown = await post(client, account, {**base, "action": "no_such_tool"})
+    assert unknown.status_code == 404 and protocol_of(unknown) == "envelope"
+    assert unknown.json()["status"] == "error" and unknown.json()["error"]["code"] == "NOT_FOUND"
+    bad_data = await post(client, account, {**base, "action": "whoami", "data": "x"})
+    assert bad_data.status_code == 400 and bad_data.json()["error"]["code"] == "VALIDATION_ERROR"
+
+    key = await api_key(client, account, scopes=["system:read"])
+    scoped = {"Authorization": f"Bearer {key}"}
+    listed = await client.post(AGENT_PATH, json={**base, "action": "query"}, headers=scoped)
+    names = {t["name"] for t in listed.json()["result"]["tools"]}
+    assert "system_stats" in names and "export_account" not in names
+    forbidden = await client.post(AGENT_PATH, json={**base, "action": "export_account"}, headers=scoped)
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "FORBIDDEN"
+
+
+async def test_acp_run(door: tuple[httpx.AsyncClient, Account]) -> None:
+    client, account = door
+    run = {
+        "agent_name": "whoami",
+        "input": [{"role": "user", "parts": [{"content": "{}", "content_type": "application/json"}]}],
+    }
+    response = await post(client, account, run)
+    assert response.status_code == 200 and protocol_of(response) == "acp"
+    body = response.json()
+    assert body["status"] == "completed" and body["error"] is None and body["agent_name"] == "whoami"
+    part = body["output"][0]["parts"][0]
+    assert body["output"][0]["role"] == "agent/whoami" and part["content_type"] == "application/json"
+    assert json.loads(part["content"])["user"]["email"] == account.email
+
+    via_aiserve = {
+        "agent_name": "aiserve",
+        "input": [{"role": "user", "parts": [{"content": json.dumps(WHOAMI)}]}],
+    }
+    assert (await post(client, account, via_aiserve)).json()["status"] == "completed"
+    unknown = (await post(client, account, {**run, "agent_name": "nope"})).json()
+    assert unknown["status"] == "failed" and unknown["error"]["code"] == "NOT_FOUND"
+
+
+async def test_fipa_acl(door: tuple[httpx.AsyncClient, Account]) -> None:
+    client, account = door
+    base = {"sender": "buyer@host", "receiver": "aiserve@host", "conversation-id": "c1", "reply-with": "r1"}
+    inform = await post(client, account, {**base, "performative": "request", "content": {"action": "whoami"}})
+    assert inform.status_code == 200 and protocol_of(inform) == "fipa-acl"
+    body = inform.json()
+    assert (body["performative"], body["sender"], body["receiver"]) == (
+        "inform",
+        "aiserve@host",
+        "buyer@host",
+    )
+    assert (body["conversation-id"], body["in-reply-to"], body["language"]) == ("c1", "r1", "json")
+    assert body["content"]["user"]["email"] == account.email
+
+    capabilities = (await post(client, account, {**base, "performative": "query-ref", "content": ""})).json()
+    assert capabilities["performative"] == "inform"
+    assert "whoami" in {t["name"] for t in json.loads(capabilities["content"])["tools"]}
+
+    failure = await post(
+        client,
+        account,
+        {
+            **base,
+            "performative": "request",
+            "content": {"action": "create_api_key", "arguments": {"name": ""}},
+        },
+    )
+    assert failure.json()["performative"] == "failure"
+    assert failure.json()["content"]["code"] == "VALIDATION_ERROR"
+
+    for content in ({"action": "whoami"}, "{not json"):
+        performative = "inform" if isinstance(content, dict) else "request"
+        refused = await post(client, account, {**base, "performative": performative, "content": content})
+        assert refused.status_code == 200 and protocol_of(refused) == "fipa-acl"
+        assert refused.json()["performative"] == "not-understood"
+        assert refused.json()["in-reply-to"] == "r1"
+
+
+async def test_kqml_sexp_and_json(door: tuple[httpx.AsyncClient, Account]) -> None:
+    client, account = door
+    tell = await post(
+        client,
+        account,
+        "(ask-one :sender agent-a :receiver aiserve :reply-with q1 :language json :content (whoami))",
+        **{"Content-Type": "text/plain"},
+    )
+    assert tell.status_code == 200 and protocol_of(tell) == "kqml"
+    assert tell.headers["content-type"].startswith("text/plain")
+    reply = parse_sexp(tell.text)
+    assert isinstance(reply, list) and reply[0] == Symbol("tell")
+    fields = dict(zip(reply[1::2], reply[2::2], strict=True))
+    assert fields[Symbol(":receiver")] == Symbol("agent-a") and fields[Symbol(":in-reply-to")] == Symbol("q1")
+    assert json.loads(str(fields[Symbol(":content")]))["user"]["email"] == account.email
+
+    sorry = await post(client, account, "(ask-one :sender agent-a :content (no_such_tool :x 1))")
+    assert protocol_of(sorry) == "kqml"
+    reply = parse_sexp(sorry.text)
+    assert isinstance(reply, list) and reply[0] == Symbol("sorry")
+    assert json.loads(str(reply[reply.index(Symbol(":content")) + 1]))["code"] == "NOT_FOUND"
+
+    as_json = await post(
+        client,
+        account,
+        {"performative": "ask-all", "sender": "a", "reply-with": "q2", "content": json.dumps(WHOAMI)},
+    )
+    assert as_json.headers["content-type"].startswith("application/json") and protocol_of(as_json) == "kqml"
+    assert as_json.json()["performative"] == "tell" and as_json.json()["in-reply-to"] == "q2"
+    assert json.loads(as_json.json()["content"])["user"]["id"] == account.user_id
+    not_acted = await post(client, account, {"performative": "tell", "sender": "a", "content": "x"})
+    assert not_acted.json()["performative"] == "sorry"
+    assert json.loads(not_acted.json()["content"])["code"] == "VALIDATION_ERROR"
+
+
+async def test_a_negative_payment_is_refused_by_the_tool_through_every_door(
+    door: tuple[httpx.AsyncClient, Account],
+) -> None:
+    client, account = door
+    paid = await post(
+        client,
+        account,
+        {"protocol": "x", "action": "create_payment", "data": {**NEGATIVE_PAYMENT, "amount": 20}},
+    )
+    assert paid.status_code == 200 and paid.json()["result"]["balance"] == 20  # the same call, paid
+
+    call = {"tool": "create_payment", "arguments": NEGATIVE_PAYMENT}
+    envelope = await post(
+        client, account, {"protocol": "x", "action": "create_payment", "data": NEGATIVE_PAYMENT}
+    )
+    assert envelope.status_code == 400
+    fipa = await post(
+        client, account, {"performative": "request", "sender": "a", "receiver": "b", "content": call}
+    )
+    assert fipa.json()["performative"] == "failure"
+    kqml = await post(client, account, f"(achieve :sender a :content {format_sexp(json.dumps(call))})")
+    kqml_reply = parse_sexp(kqml.text)
+    assert isinstance(kqml_reply, list) and kqml_reply[0] == Symbol("sorry")
+    kqml_sexp = await post(client, account, "(achieve :sender a :content (create_payment :amount -5))")
+    acp = await post(
+        client,
+        account,
+        {"agent_name": "create_payment", "input": [{"parts": [{"content": json.dumps(NEGATIVE_PAYMENT)}]}]},
+    )
+    assert acp.json()["status"] == "failed"
+
+    errors = [
+        envelope.json()["error"],
+        fipa.json()["content"],
+        json.loads(str(kqml_reply[kqml_reply.index(Symbol(":content")) + 1])),
+        acp.json()["error"]["data"],
+    ]
+    for error in errors:
+        assert error["code"] == "VALIDATION_ERROR"
+        assert [f["field"] for f in error["details"]["fields"]] == ["amount"]
+    assert "amount" in kqml_sexp.text and "VALIDATION_ERROR" in kqml_sexp.text
+    assert acp.json()["error"]["code"] == "VALIDATION_ERROR"
+    transactions = await client.get("/api/v1/billing/transactions", headers=account.headers)
+    assert [t["amount"] for t in transactions.json()["transactions"] if t["kind"] == "payment"] == [20.0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{not json",
+        '{"hello": "world"}',
+        "(ask-one :sender a :content (whoami)",
+        "[" * 50_000 + "]" * 50_000,
+        "(" * 200 + ")" * 200,
+        "",
+    ],
+    ids=["invalid-json", "unknown-shape", "unbalanced-parens", "deep-json", "deep-sexp", "empty"],
+)
+async def test_malformed_bodies_are_400_with_the_supported_list(
+    door: tuple[httpx.AsyncClient, Account], body: str
+) -> None:
+    client, account = door
+    response = await post(client, account, body)
+    assert response.status_code == 400 and protocol_of(response) is None
+    error = response.json()
+    assert error["code"] == "VALIDATION_ERROR"
+    assert {p["protocol"] for p in error["details"]["supported"]} == PROTOCOLS
+    assert all(p["recognised_by"] for p in error["details"]["supported"])
+
+
+async def test_forwarding_names_a_missing_route_and_never_loops(settings: Settings) -> None:
+    async with app_client(settings) as (app, client):
+        account = await sign_up(client)
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != A2A_PATH]
+        a2a = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {}}
+        missing = await post(client, account, a2a)
+        assert missing.status_code == 501 and protocol_of(missing) == "a2a"
+        assert missing.json()["code"] == "NOT_IMPLEMENTED" and A2A_PATH in missing.json()["error"]
+
+        app.router.routes.insert(0, Route(MCP_PATH, AgentDoor(REGISTRY), methods=["POST"]))
+        looped = await post(client, account, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert looped.status_code == 500 and looped.json()["code"] == "INTERNAL_ERROR"
+
+
+async def test_authentication_size_and_method(settings: Settings) -> None:
+    small = settings.model_copy(update={"max_request_body_bytes": 1024})
+    async with app_client(small) as (_, client):
+        envelope = {"protocol": "a2a", "action": "whoami", "data": {}}
+        anonymous = await client.post(AGENT_PATH, json=envelope)
+        assert anonymous.status_code == 401 and anonymous.json()["code"] == "AUTH_REQUIRED"
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
+        forged = await client.post(AGENT_PATH, json=envelope, headers={"Authorization": "Bearer nope"})
+        assert forged.status_code == 401 and forged.json()["code"] == "AUTH_INVALID"
+        mcp = await client.post(AGENT_PATH, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert mcp.status_code == 401
+
+        account = await sign_up(client)
+        big = await post(client, account, {**envelope, "data": {"pad": "x" * 2048}})
+        assert big.status_code == 413 and big.json()["code"] == "PAYLOAD_TOO_LARGE"
+        assert (await client.get(AGENT_PATH, headers=account.headers)).status_code == 405

@@ -1,0 +1,171 @@
+"""The official MCP SDK client against a running server: Streamable HTTP (both eras), legacy SSE, stdio."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from aiserve_mcp.protocols.mcp.http import MCP_PATH, SSE_PATH
+from tests.conftest import Account, LiveServer, api_key, sign_up
+
+ConnectFn = Callable[[str, str], AbstractAsyncContextManager[Client]]
+
+
+@asynccontextmanager
+async def streamable(url: str, credential: str, mode: str) -> AsyncIterator[Client]:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=30) as http,
+        Client(streamable_http_client(url + MCP_PATH, http_client=http), mode=mode) as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def legacy_sse(url: str, credential: str) -> AsyncIterator[Client]:
+    transport = sse_client(url + SSE_PATH, headers={"Authorization": f"Bearer {credential}"})
+    async with Client(transport, mode="legacy") as client:
+        yield client
+
+
+TRANSPORTS: dict[str, ConnectFn] = {
+    "streamable-modern": lambda url, cred: streamable(url, cred, "auto"),
+    "streamable-legacy": lambda url, cred: streamable(url, cred, "legacy"),
+    "sse-legacy": legacy_sse,
+}
+
+
+@pytest.fixture
+async def live_account(live_server: LiveServer) -> AsyncIterator[Account]:
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        yield await sign_up(http)
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+async def test_list_and_call_tools(transport: str, live_server: LiveServer, live_account: Account) -> None:
+    async with TRANSPORTS[transport](live_server.url, live_account.access_token) as client:
+        if transport == "streamable-modern":
+            assert client.protocol_version == "2026-07-28"
+        else:
+            assert client.protocol_version == "2025-11-25"
+        listed = await client.list_tools()
+        names = {t.name for t in listed.tools}
+        assert {"whoami", "create_api_key", "export_account", "system_health"} <= names
+        assert "auth_login" not in names  # REST-only: an MCP caller is already authenticated
+        whoami = next(t for t in listed.tools if t.name == "whoami")
+        assert whoami.output_schema is not None and "user" in whoami.output_schema["properties"]
+        assert whoami.annotations is not None and whoami.annotations.read_only_hint is True
+        revoke = next(t for t in listed.tools if t.name == "revoke_api_key")
+        assert revoke.annotations is not None and revoke.annotations.destructive_hint is True
+
+        result = await client.call_tool("whoami", {})
+        assert result.is_error is not True
+        assert result.structured_content is not None
+        assert result.structured_content["user"]["email"] == live_account.email
+        assert json.loads(result.content[0].text)["user"]["id"] == live_account.user_id  # type: ignore[union-attr]
+
+        refused = await client.call_tool("create_api_key", {"name": ""})
+        assert refused.is_error is True
+        error = json.loads(refused.content[0].text)  # type: ignore[union-attr]
+        assert error["code"] == "VALIDATION_ERROR"
+        assert error["details"]["fields"][0]["field"] == "name"
+
+        unknown = await client.call_tool("no_such_tool", {})
+        assert unknown.is_error is True
+        assert json.loads(unknown.content[0].text)["code"] == "NOT_FOUND"  # type: ignore[union-attr]
+
+
+async def test_api_key_scopes_filter_and_refuse_tools(live_server: LiveServer, live_account: Account) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        key = await api_key(http, live_account, scopes=["system:read"])
+    async with streamable(live_server.url, key, "auto") as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "system_stats" in names
+        assert "export_account" not in names and "create_api_key" not in names
+        refused = await client.call_tool("export_account", {})
+        assert refused.is_error is True
+        body = json.loads(refused.content[0].text)  # type: ignore[union-attr]
+        assert body["code"] == "FORBIDDEN" and "account:read" in body["error"]
+
+
+async def test_bare_json_rpc_post_as_in_the_spec(live_server: LiveServer, live_account: Account) -> None:
+    """The spec's example: a plain POST of tools/list with only Content-Type (and the token)."""
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        response = await http.post(
+            MCP_PATH,
+            content=json.dumps({"jsonrpc": "2.0", "method": "tools/list", "params": {}, "id": 1}),
+            headers={"Content-Type": "application/json", **live_account.headers},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        body = response.json()
+        assert body["id"] == 1 and any(t["name"] == "whoami" for t in body["result"]["tools"])
+
+        call = await http.post(
+            MCP_PATH,
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}},
+            },
+            headers=live_account.headers,
+        )
+        assert call.json()["result"]["structuredContent"]["user"]["email"] == live_account.email
+
+
+async def test_mcp_requires_authentication(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        listing = {"jsonrpc": "2.0", "method": "tools/list", "id": 1}
+        anonymous = await http.post(MCP_PATH, json=listing)
+        assert anonymous.status_code == 401 and anonymous.json()["code"] == "AUTH_REQUIRED"
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
+        forged = await http.post(MCP_PATH, json=listing, headers={"Authorization": "Bearer not-a-token"})
+        assert forged.status_code == 401 and forged.json()["code"] == "AUTH_INVALID"
+        sse = await http.get(SSE_PATH)
+        assert sse.status_code == 401
+
+
+async def test_host_and_origin_validation(live_server: LiveServer, live_account: Account) -> None:
+    listing = {"jsonrpc": "2.0", "method": "tools/list", "id": 1}
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        rebinding = await http.post(
+            MCP_PATH, json=listing, headers={**live_account.headers, "Host": "evil.example"}
+        )
+        assert rebinding.status_code == 421
+        cross_site = await http.post(
+            MCP_PATH, json=listing, headers={**live_account.headers, "Origin": "http://evil.example"}
+        )
+        assert cross_site.status_code == 403
+        same_host = await http.post(
+            MCP_PATH, json=listing, headers={**live_account.headers, "Origin": "http://localhost:3000"}
+        )
+        assert same_host.status_code == 200
+
+
+async def test_stdio_server_for_claude_desktop(
+    live_server: LiveServer, live_account: Account, server_env: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        key = await api_key(http, live_account)
+    env: dict[str, Any] = {**server_env, "AISERVE_API_KEY": key}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "aiserve_mcp", "mcp"], env=env)
+    async with Client(params) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "whoami" in names
+        result = await client.call_tool("whoami", {})
+        assert result.structured_content is not None
+        assert result.structured_content["auth_method"] == "api_key"
+        assert result.structured_content["user"]["email"] == live_account.email
+        refused = await client.call_tool("revoke_api_key", {"key_id": "missing"})
+        assert refused.is_error is True
+        assert json.loads(refused.content[0].text)["code"] == "NOT_FOUND"  # type: ignore[union-attr]
