@@ -28,6 +28,7 @@ from aiserve_mcp.rest_compat.endpoint import rest_routes
 from aiserve_mcp.rest_compat.fast_predict import PredictFastPath
 from aiserve_mcp.rest_compat.openapi import openapi_document
 from aiserve_mcp.tools import REGISTRY
+from aiserve_mcp.tools.registry import Surface
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     services = Services.create(settings)
     mcp_server = build_mcp_server(
-        services, REGISTRY, request_principal, request_address_resolver(settings), surface="mcp"
+        services, REGISTRY, request_principal, request_address_resolver(settings), surface=Surface.MCP
     )
     mcp_http = McpHttpTransports(mcp_server, settings)
     a2a = A2aSurface(services, REGISTRY, DatabaseA2aTaskStore(services.db))

@@ -78,7 +78,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> None:
 def _mcp(args: argparse.Namespace, settings: Settings) -> None:
     from aiserve_mcp.protocols.mcp.stdio import serve_stdio
 
-    asyncio.run(serve_stdio(settings))
+    async def job(services: Services) -> None:
+        await services.market.end_leftover_local()  # workers never outlive the server that started them
+        await serve_stdio(services, settings)
+
+    asyncio.run(_with_services(settings, job))
 
 
 async def _with_services(settings: Settings, job: Callable[[Services], Awaitable[None]]) -> None:

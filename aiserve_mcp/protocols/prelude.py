@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope
 
-from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.errors import (
     AiserveError,
     PayloadTooLarge,
@@ -19,6 +18,7 @@ from aiserve_mcp.core.errors import (
     kind_of,
 )
 from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.tools.ports import Ports
 
 
 def error_response(error: AiserveError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -29,10 +29,9 @@ def error_response(error: AiserveError, headers: dict[str, str] | None = None) -
     )
 
 
-def services_of(scope: Scope) -> Services:
+def services_of(scope: Scope) -> Ports:
     services = scope["app"].state.services
-    assert isinstance(services, Services)
-    return services
+    return cast(Ports, services)
 
 
 def principal_of(scope: Scope) -> Principal | None:

@@ -25,7 +25,6 @@ from anyio.abc import TaskGroup, TaskStatus
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.errors import (
     AiserveError,
     AuthRequired,
@@ -40,6 +39,7 @@ from aiserve_mcp.core.outages import unexpected
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.protocols.admission import bearer_credential
 from aiserve_mcp.protocols.prelude import services_of
+from aiserve_mcp.tools.ports import Ports
 
 WS_PATH: Final = "/ws"
 AUTH_TIMEOUT_S: Final = 10.0
@@ -125,9 +125,7 @@ class _Connection:
     """One authenticated socket: its subscriptions (one per stream, each with a task that forwards its
     events) and one lock that keeps outgoing messages whole and in order."""
 
-    def __init__(
-        self, websocket: WebSocket, services: Services, credential: str, principal: Principal
-    ) -> None:
+    def __init__(self, websocket: WebSocket, services: Ports, credential: str, principal: Principal) -> None:
         self._websocket = websocket
         self._services = services
         self._credential = credential

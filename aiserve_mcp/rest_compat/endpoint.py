@@ -25,7 +25,7 @@ from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
 from aiserve_mcp.rest_compat.worker_bundle import bundle_routes
 from aiserve_mcp.tools.billing import handle_payment_webhook
-from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Surface, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool, parse_input
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -99,7 +99,7 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
             ctx = ToolContext(
                 services=services,
                 principal=principal_of(request.scope),
-                surface="rest",
+                surface=Surface.REST,
                 client_address=client_address(request.scope, services.settings.trust_forwarded_for),
             )
             result = await call_tool(tool, arguments, ctx)
@@ -130,7 +130,7 @@ def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
             ctx = ToolContext(
                 services=services,
                 principal=principal,
-                surface="rest",
+                surface=Surface.REST,
                 client_address=client_address(request.scope, services.settings.trust_forwarded_for),
             )
             reply = await stack.enter_async_context(open_stream(ctx, parse_input(tool, arguments)))
@@ -159,7 +159,7 @@ async def payment_webhook(request: Request) -> Response:
     services = services_of(request.scope)
     try:
         payload = await read_body(request, services.settings.max_request_body_bytes)
-        ctx = ToolContext(services=services, principal=None, surface="webhook")
+        ctx = ToolContext(services=services, principal=None, surface=Surface.WEBHOOK)
         out = await handle_payment_webhook(ctx, payload, request.headers.get("stripe-signature"))
     except AiserveError as exc:
         return error_response(exc)

@@ -24,7 +24,7 @@ from aiserve_mcp.protocols.admission import admit, refusal
 from aiserve_mcp.protocols.prelude import client_address, principal_of, read_json_object, services_of
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.runtime.tensors import to_python
-from aiserve_mcp.tools.registry import ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Surface, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 TOOL = "predict"
@@ -79,7 +79,7 @@ class PredictFastPath:
                 ctx = ToolContext(
                     services=services,
                     principal=principal_of(scope),
-                    surface="rest",
+                    surface=Surface.REST,
                     client_address=client_address(scope, services.settings.trust_forwarded_for),
                 )
                 result = await call_tool(self._tool, arguments, ctx)

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from aiserve_mcp.core.errors import AiserveError, AuthRequired, Forbidden, PayloadTooLarge, ValidationFailed
 from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, services_of
 from aiserve_mcp.tools.models import UploadFields, upload_model
-from aiserve_mcp.tools.registry import ToolContext
+from aiserve_mcp.tools.registry import Surface, ToolContext
 from aiserve_mcp.tools.runner import validation_details
 
 UPLOAD_PATH = "/api/v1/models/upload"
@@ -66,7 +66,7 @@ async def model_upload(request: Request) -> Response:
         ctx = ToolContext(
             services=services,
             principal=principal,
-            surface="rest",
+            surface=Surface.REST,
             client_address=client_address(request.scope, services.settings.trust_forwarded_for),
         )
         out = await upload_model(ctx, fields, _chunks(upload), upload.filename)

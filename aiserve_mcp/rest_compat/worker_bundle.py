@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from aiserve_mcp.core.errors import AiserveError
 from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, services_of
-from aiserve_mcp.tools.registry import ToolContext
+from aiserve_mcp.tools.registry import Surface, ToolContext
 from aiserve_mcp.tools.system import worker_bundle_file
 from aiserve_mcp.worker.bundle import BUNDLE_PATH, BundleInfo
 
@@ -31,7 +31,7 @@ async def _bundle(request: Request) -> BundleInfo:
     ctx = ToolContext(
         services=services,
         principal=principal_of(request.scope),
-        surface="rest",
+        surface=Surface.REST,
         client_address=client_address(request.scope, services.settings.trust_forwarded_for),
     )
     return await worker_bundle_file(ctx)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel
 
-from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.errors import AuthRequired, Forbidden, NotFound
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.gpu.market import Progress
+from aiserve_mcp.tools.ports import Ports
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,27 @@ class Annotations:
     open_world: bool = False
 
 
+class Surface(StrEnum):
+    """Where a call came from; the ``surface`` label of ``aiserve_tool_calls_total``."""
+
+    REST = "rest"
+    WEBHOOK = "webhook"
+    MCP = "mcp"
+    STDIO = "stdio"
+    A2A = "a2a"
+    ENVELOPE = "envelope"
+    ACP = "acp"
+    FIPA_ACL = "fipa-acl"
+    KQML = "kqml"
+
+
 @dataclass
 class ToolContext:
     """What a tool knows about its call: the services, the caller, and where the call came from."""
 
-    services: Services
+    services: Ports
     principal: Principal | None
-    surface: str
+    surface: Surface
     client_address: str | None = None
     progress: Progress | None = None
 

@@ -21,7 +21,7 @@ from aiserve_mcp.core.errors import (
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.mcp.server import refusal
 from aiserve_mcp.tools.common import NoInput
-from aiserve_mcp.tools.registry import Annotations, Tool, ToolContext
+from aiserve_mcp.tools.registry import Annotations, Surface, Tool, ToolContext
 from aiserve_mcp.tools.runner import call_tool
 from tests.conftest import Account, running
 
@@ -81,7 +81,7 @@ async def _explode(ctx: ToolContext, args: NoInput) -> Boom:
 
 async def test_unexpected_failures_become_a_500_without_internals(app: Starlette) -> None:
     tool = Tool("explode", "Fails.", NoInput, Boom, _explode, None, Annotations("Explode"))
-    ctx = ToolContext(app.state.services, None, "test")
+    ctx = ToolContext(app.state.services, None, Surface.REST)
     with pytest.raises(InternalError) as raised:
         await call_tool(tool, {}, ctx)
     body = error_body(raised.value)

@@ -35,7 +35,7 @@ from aiserve_mcp.protocols.mcp.prompts import PROMPTS
 from aiserve_mcp.protocols.mcp.server import build_mcp_server
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.common import NoInput
-from aiserve_mcp.tools.registry import Annotations, Tool, ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Annotations, Surface, Tool, ToolContext, ToolRegistry
 from tests.conftest import Account, LiveServer, api_key, serve, sign_up
 from tests.serving.test_models import mlp_bytes, upload
 
@@ -445,7 +445,7 @@ def counting_registry(size: int) -> ToolRegistry:
 
 async def test_tool_lists_are_paginated_and_filtered_by_scope(app: Starlette) -> None:
     server = build_mcp_server(
-        app.state.services, counting_registry(120), lambda ctx: None, lambda ctx: None, surface="mcp"
+        app.state.services, counting_registry(120), lambda ctx: None, lambda ctx: None, surface=Surface.MCP
     )
     async with Client(server, mode="legacy") as client:
         names: list[str] = []

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 
 from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.tools import REGISTRY
-from aiserve_mcp.tools.registry import ToolContext
+from aiserve_mcp.tools.registry import Surface, ToolContext
 from aiserve_mcp.tools.runner import call_tool
 from tests.conftest import PASSWORD, Account
 
@@ -48,5 +48,5 @@ async def test_a_lone_surrogate_is_refused_on_surfaces_that_parse_it(
     principal = await services.accounts.authenticate(account.access_token)
     with pytest.raises(ValidationFailed, match="lone surrogates"):
         await call_tool(
-            REGISTRY.get("create_api_key"), {"name": "k\ud800"}, ToolContext(services, principal, "mcp")
+            REGISTRY.get("create_api_key"), {"name": "k\ud800"}, ToolContext(services, principal, Surface.MCP)
         )

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.tools import REGISTRY
-from aiserve_mcp.tools.registry import ToolContext
+from aiserve_mcp.tools.registry import Surface, ToolContext
 from aiserve_mcp.tools.runner import call_tool
 from tests.conftest import Account, app_client, funded, serve, sign_up
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
@@ -171,7 +171,7 @@ async def test_mcp_callers_get_the_answer_as_json(pool: Pool) -> None:
     result = await call_tool(
         REGISTRY.get("proxy_request"),
         {"method": "GET", "path": "/health"},
-        ToolContext(services, principal, "mcp"),
+        ToolContext(services, principal, Surface.MCP),
     )
     data = result.model_dump()
     assert data["status_code"] == 200 and data["body"]["status"] == "ok"

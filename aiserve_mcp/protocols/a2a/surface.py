@@ -38,7 +38,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.errors import (
     AiserveError,
     AuthRequired,
@@ -67,13 +66,14 @@ from aiserve_mcp.protocols.prelude import (
     read_body,
     replay_body,
 )
-from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
+from aiserve_mcp.tools.ports import Ports
+from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 T = TypeVar("T")
 CARD_PATH = "/.well-known/agent-card.json"
 CARD_PATH_V0_3 = "/.well-known/agent.json"
-SURFACE = "a2a"
+SURFACE = Surface.A2A
 NAME_KEYS = ("tool", "skill", "action")
 ARGUMENT_KEYS = ("arguments", "args", "data")
 PREVIEW_CHARS = 500
@@ -183,7 +183,7 @@ def _being_cancelled() -> bool:
 class ToolExecutor(AgentExecutor):
     """Runs the tool a message names, as the caller of the request that sent it."""
 
-    def __init__(self, services: Services, registry: ToolRegistry) -> None:
+    def __init__(self, services: Ports, registry: ToolRegistry) -> None:
         self._services = services
         self._registry = registry
         self._runs: dict[str, _Run] = {}
@@ -382,7 +382,7 @@ def _unknown_status_filter(body: bytes) -> dict[str, Any] | None:
 class A2aSurface:
     """The A2A routes and the SDK's request handler over the registry."""
 
-    def __init__(self, services: Services, registry: ToolRegistry, task_store: TaskStore) -> None:
+    def __init__(self, services: Ports, registry: ToolRegistry, task_store: TaskStore) -> None:
         settings = services.settings
         self._public_url = settings.public_url.rstrip("/") if settings.public_url else None
         self._skills = skills(registry)

@@ -67,7 +67,7 @@ from aiserve_mcp.protocols.prelude import (
     replay_body,
     services_of,
 )
-from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 AGENT_PATH = "/api/v1/agent"
@@ -303,7 +303,7 @@ class AgentDoor:
         ctx = ToolContext(
             services=services,
             principal=principal_of(scope),
-            surface=message.kind,
+            surface=Surface(message.kind),
             client_address=client_address(scope, services.settings.trust_forwarded_for),
         )
         try:

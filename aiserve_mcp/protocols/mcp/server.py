@@ -21,12 +21,12 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from aiserve_mcp import __version__
-from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.errors import AiserveError, error_body
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.protocols.mcp.prompts import McpPrompts
 from aiserve_mcp.protocols.mcp.resources import McpResources
-from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
+from aiserve_mcp.tools.ports import Ports
+from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 TOOLS_PAGE_SIZE = 50
@@ -80,11 +80,11 @@ def _page_offset(cursor: str | None) -> int:
 
 
 def build_mcp_server(
-    services: Services,
+    services: Ports,
     registry: ToolRegistry,
     principal_of: PrincipalResolver,
     address_of: AddressResolver,
-    surface: str,
+    surface: Surface,
 ) -> Server[object]:
     """An MCP server over ``registry`` whose caller for each request comes from ``principal_of``."""
 
