@@ -30,8 +30,12 @@ from aiserve_mcp.gpu.providers.vastai import VastAiProvider
 from aiserve_mcp.money.costs import CostGate
 from aiserve_mcp.money.guardrails import Guardrails
 from aiserve_mcp.money.ledger import Ledger
-from aiserve_mcp.money.payments import PaymentGateway, SandboxGateway, StripeGateway
-from aiserve_mcp.money.spend_store import RedisSpendStore, SpendStore, SqlSpendStore
+from aiserve_mcp.money.payments.base import PaymentGateway
+from aiserve_mcp.money.payments.sandbox import SandboxGateway
+from aiserve_mcp.money.payments.stripe_gateway import StripeGateway
+from aiserve_mcp.money.spend_store.base import SpendStore
+from aiserve_mcp.money.spend_store.redis_store import RedisSpendStore
+from aiserve_mcp.money.spend_store.sql import SqlSpendStore
 from aiserve_mcp.serving.host import ModelHost
 from aiserve_mcp.serving.store import ModelStore
 from aiserve_mcp.storage.database import Database

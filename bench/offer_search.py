@@ -35,14 +35,16 @@ from aiserve_mcp.gpu.providers.base import OfferQuery
 from aiserve_mcp.gpu.providers.ionet import IoNetProvider
 from aiserve_mcp.gpu.providers.vastai import VastAiProvider
 from tests.conftest import free_port, running, sign_up
-from tests.fakes.ionet_server import IoNetState
+from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import API_KEY
 
 OFFERS = 2000
 REPO = Path(__file__).resolve().parent.parent
 FAKE_SERVER = """
 import sys, uvicorn
-from tests.fakes.ionet_server import IoNetState, ionet_app, make_hardware
+from tests.fakes.ionet_api.hardware import make_hardware
+from tests.fakes.ionet_api.server import ionet_app
+from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import VastAiState, make_offers, vastai_app
 kind, port = sys.argv[1], int(sys.argv[2])
 app = (vastai_app(VastAiState(offers=make_offers({n}, seed=1))) if kind == "vastai"

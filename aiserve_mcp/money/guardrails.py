@@ -4,7 +4,7 @@ A window is a rolling period ending now: ``hourly`` (3600 s), ``daily`` (86 400 
 ``monthly`` (30 days), or any duration a user names as ``<n>s``, ``<n>m``, ``<n>h``, ``<n>d`` or ``<n>w``
 (e.g. ``5m``, ``72h``). A spend is allowed only if, in every window of the user and of the API key it
 comes through, what was spent in that window plus the spend stays within the limit; checking and
-recording are one atomic step (see ``services/spend_store.py``), so concurrent spends never overrun a
+recording are one atomic step (see ``money/spend_store/``), so concurrent spends never overrun a
 limit. A user's windows are the defaults from ``AISERVE_SPENDING_LIMITS`` with their own settings on top;
 an API key has only the budget set for it. Raising a limit, removing one, or resetting a window needs the
 ``guardrails:admin`` scope, so an agent's key can never lift its own limits; lowering needs none.
@@ -28,7 +28,7 @@ from aiserve_mcp.core.errors import Forbidden, SpendingLimit, ValidationFailed
 from aiserve_mcp.core.events import Event, EventBus
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.core.telemetry import Telemetry
-from aiserve_mcp.money.spend_store import Scoped, SpendDecision, SpendStore, WindowLimit, WindowTotal
+from aiserve_mcp.money.spend_store.base import Scoped, SpendDecision, SpendStore, WindowLimit, WindowTotal
 from aiserve_mcp.money.tables import GuardrailLimit
 from aiserve_mcp.storage.database import Database
 

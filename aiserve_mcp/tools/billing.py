@@ -11,7 +11,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from aiserve_mcp.core.errors import PaymentDeclined, ServiceUnavailable, ValidationFailed
-from aiserve_mcp.money.payments import PaymentGateway
+from aiserve_mcp.money.payments.base import PaymentGateway
 from aiserve_mcp.money.tables import LedgerTransaction
 from aiserve_mcp.tools.common import DecimalNumber, Input, IntegerNumber, Offset, Text, any_case_pattern
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool

@@ -16,7 +16,7 @@ from aiserve_mcp.money.guardrails import (
     window_seconds,
     window_view,
 )
-from aiserve_mcp.money.spend_store import WindowLimit, WindowTotal
+from aiserve_mcp.money.spend_store.base import WindowLimit, WindowTotal
 from aiserve_mcp.tools.common import DecimalNumber, Input, NoInput, Text
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 

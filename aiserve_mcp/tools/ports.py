@@ -18,7 +18,7 @@ from aiserve_mcp.core.telemetry import Telemetry
 from aiserve_mcp.gpu.market import GpuMarket
 from aiserve_mcp.gpu.preferences import GpuPreferenceStore
 from aiserve_mcp.money.costs import CostGate
-from aiserve_mcp.money.payments import PaymentGateway
+from aiserve_mcp.money.payments.base import PaymentGateway
 from aiserve_mcp.serving.host import ModelHost
 from aiserve_mcp.serving.store import ModelStore
 from aiserve_mcp.storage.database import Database

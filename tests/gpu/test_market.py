@@ -20,7 +20,8 @@ from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from tests.conftest import Account, app_client, asgi_client, funded, running, serve, sign_up
-from tests.fakes.ionet_server import IoNetState, ionet_app
+from tests.fakes.ionet_api.server import ionet_app
+from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
 
 VAST_OFFERS = [

@@ -22,7 +22,9 @@ from aiserve_mcp.gpu.providers.base import (
 from aiserve_mcp.gpu.providers.ionet import ENTRYPOINT, IMAGE, IoNetProvider
 from aiserve_mcp.worker.bundle import BundleUnavailable, WorkerLaunch, worker_bundle
 from tests.conftest import free_port, serve
-from tests.fakes.ionet_server import API, IoNetState, ionet_app, make_hardware
+from tests.fakes.ionet_api.hardware import make_hardware
+from tests.fakes.ionet_api.server import API, ionet_app
+from tests.fakes.ionet_api.state import IoNetState
 
 KEY = "ionet-test-key"
 

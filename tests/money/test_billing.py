@@ -29,7 +29,9 @@ from aiserve_mcp.money.tables import LedgerAccount, LedgerEntry
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
 from tests.conftest import Account, api_key, app_client, serve, sign_up
-from tests.fakes.stripe_server import API_KEY, StripeState, payment_intent_event, signed_event, stripe_app
+from tests.fakes.stripe_api.events import payment_intent_event, signed_event
+from tests.fakes.stripe_api.server import stripe_app
+from tests.fakes.stripe_api.state import API_KEY, StripeState
 from tests.fakes.vastai_server import API_KEY as VAST_KEY
 from tests.fakes.vastai_server import VastAiState, make_offers, vastai_app
 

@@ -18,15 +18,14 @@ from aiserve_mcp.core.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from aiserve_mcp.money.payments import (
-    Charge,
-    PaymentGateway,
-    SandboxGateway,
-    StripeGateway,
-    WebhookRejected,
-)
+from aiserve_mcp.money.payments.base import Charge, PaymentGateway
+from aiserve_mcp.money.payments.sandbox import SandboxGateway
+from aiserve_mcp.money.payments.stripe_gateway import StripeGateway
+from aiserve_mcp.money.payments.webhooks import WebhookRejected
 from tests.conftest import free_port, serve
-from tests.fakes.stripe_server import API_KEY, StripeState, payment_intent_event, signed_event, stripe_app
+from tests.fakes.stripe_api.events import payment_intent_event, signed_event
+from tests.fakes.stripe_api.server import stripe_app
+from tests.fakes.stripe_api.state import API_KEY, StripeState
 
 WEBHOOK_SECRET = "whsec_test_aiserve_0123456789"
 META = {"user": "u_1", "purpose": "credits"}

@@ -20,13 +20,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from aiserve_mcp.core.errors import ValidationFailed
-from aiserve_mcp.money.spend_store import (
-    RedisSpendStore,
-    SpendStore,
-    SqlSpendStore,
-    WindowLimit,
-    WindowTotal,
-)
+from aiserve_mcp.money.spend_store.base import SpendStore, WindowLimit, WindowTotal
+from aiserve_mcp.money.spend_store.redis_store import RedisSpendStore
+from aiserve_mcp.money.spend_store.sql import SqlSpendStore
 from aiserve_mcp.money.tables import SpendEvent
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
