@@ -113,6 +113,17 @@ class ContractStore:
             )
         return int(count or 0)
 
+    async def active(self, provider: str) -> Sequence[GpuContract]:
+        """Contracts on ``provider`` provisioning or running now, across all users, oldest first."""
+        async with self._db.session() as session:
+            return (
+                await session.scalars(
+                    select(GpuContract)
+                    .where(GpuContract.provider == provider, GpuContract.status.in_(ACTIVE))
+                    .order_by(GpuContract.created_at)
+                )
+            ).all()
+
     async def due(self, now: datetime) -> Sequence[GpuContract]:
         """Active contracts whose rented time is over."""
         async with self._db.session() as session:

@@ -1,8 +1,7 @@
-"""The GPU market: offers from every provider at once, and the contracts users rent from them.
+"""The GPU market: offers from every provider at once (``offers``), and the contracts users rent from them.
 
-One slow or failing provider never fails a search: each provider gets its own timeout, and its error is
-reported beside the others' offers. Every rent is recorded as a contract owned by its user before the
-provider is called, so that nothing rented is ever untracked.
+Every rent is recorded as a contract owned by its user before the provider is called, so that nothing
+rented is ever untracked; every contract that ends is charged for the time it ran (``settlement``).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import anyio
 
@@ -23,12 +21,11 @@ from aiserve_mcp.core.errors import (
     kind_of,
 )
 from aiserve_mcp.core.principal import Principal
-from aiserve_mcp.core.ttl_cache import TtlCache
-from aiserve_mcp.gpu.catalog import GpuCatalog, normalise_name
+from aiserve_mcp.gpu.catalog import GpuCatalog
 from aiserve_mcp.gpu.contracts import ACTIVE, ContractStore, new_contract_id
+from aiserve_mcp.gpu.leftovers import end_leftovers
+from aiserve_mcp.gpu.offers import MarketSearch, OfferSearch, ranked
 from aiserve_mcp.gpu.providers.base import (
-    InstanceStatus,
-    Offer,
     OfferQuery,
     OfferUnavailable,
     Provider,
@@ -39,7 +36,8 @@ from aiserve_mcp.gpu.providers.base import (
     StartsWorkers,
 )
 from aiserve_mcp.gpu.providers.local import LocalProvider
-from aiserve_mcp.gpu.selection import Candidate, Criteria, rank
+from aiserve_mcp.gpu.selection import Criteria
+from aiserve_mcp.gpu.settlement import Settlement
 from aiserve_mcp.gpu.tables import GpuContract
 from aiserve_mcp.money.costs import CostGate
 from aiserve_mcp.worker.bundle import BundleUnavailable
@@ -48,26 +46,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WorkerProbe = Callable[[GpuContract], Awaitable[GpuContract | None]]
-MAX_DURATION_HOURS = 8760
-_END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class ProviderReport:
-    """How one provider answered a search."""
-
-    name: str
-    configured: bool
-    count: int = 0
-    cached: bool = False
-    error: str | None = None
-    code: str | None = None
-
-
-@dataclass(frozen=True)
-class MarketSearch:
-    offers: list[Offer]
-    reports: list[ProviderReport]
+MAX_DURATION_HOURS = 8760  # the longest a contract may be rented for (tools check it at their input)
 
 
 @dataclass(frozen=True)
@@ -103,10 +82,11 @@ class GpuMarket:
     ) -> None:
         self.contracts = contracts
         self._costs = costs
+        self._settlement = Settlement(contracts, costs)
         self.providers = dict(providers)
-        self._catalog = catalog
+        self.catalog = catalog
         self._timeout_s = timeout_s
-        self._cache: TtlCache[tuple[str, OfferQuery], list[Offer]] = TtlCache(cache_ttl_s)
+        self._search = OfferSearch(cache_ttl_s=cache_ttl_s, timeout_s=timeout_s)
         # Asks a running contract's worker for its health and records an answer (set by the traffic
         # service, which holds the client and the egress rules); the contract as recorded, or None.
         self.worker_probe: WorkerProbe | None = None
@@ -129,71 +109,7 @@ class GpuMarket:
 
     async def search(self, query: OfferQuery, names: Sequence[str] | None = None) -> MarketSearch:
         """Offers from ``names`` (default: every provider), queried concurrently."""
-        chosen = [self.provider(n) for n in (names or list(self.providers))]
-        reports: dict[str, ProviderReport] = {}
-        found: dict[str, list[Offer]] = {}
-
-        async def one(provider: Provider) -> None:
-            if not provider.configured:
-                reports[provider.name] = ProviderReport(provider.name, False, error="not configured")
-                return
-            try:
-                with anyio.fail_after(self._timeout_s):
-                    offers, cached = await self._cache.get(
-                        (provider.name, query), lambda: provider.search(query)
-                    )
-            except TimeoutError:
-                exc: AiserveError = ProviderFailed(f"{provider.name} did not answer in {self._timeout_s:g} s")
-                reports[provider.name] = ProviderReport(
-                    provider.name, True, error=exc.message, code="TIMEOUT"
-                )
-                return
-            except AiserveError as exc:
-                reports[provider.name] = ProviderReport(
-                    provider.name, True, error=exc.message, code=kind_of(exc).code
-                )
-                return
-            matching = [o for o in offers if _matches(o, query)]
-            found[provider.name] = matching
-            reports[provider.name] = ProviderReport(provider.name, True, len(matching), cached)
-
-        async with anyio.create_task_group() as group:
-            for provider in chosen:
-                group.start_soon(one, provider)
-        offers = [o for p in chosen for o in found.get(p.name, [])]
-        offers.sort(key=lambda o: (o.price_per_hour, o.provider, o.offer_id))
-        return MarketSearch(offers, [reports[p.name] for p in chosen])
-
-    def candidates(self, offers: list[Offer]) -> tuple[list[Candidate], list[Offer]]:
-        """The available offers as scoring candidates (matched to the catalog, priced per GPU-hour), and
-        the available offers the catalog does not know (unlisted GPUs, CPU slots)."""
-        candidates, unknown = [], []
-        for offer in {(o.provider, o.offer_id): o for o in offers if o.available}.values():
-            spec = self._catalog.match(offer.gpu_model, offer.vram_gb) if offer.num_gpus else None
-            if spec is None:
-                unknown.append(offer)
-            else:
-                candidates.append(Candidate(spec, offer.price_per_gpu_hour, offer.offer_id, offer.provider))
-        return candidates, unknown
-
-    def ranked(self, offers: list[Offer], criteria: Criteria) -> list[Offer]:
-        """Available offers, best first: catalog-matched GPUs by the preference score, then the rest
-        (GPUs the catalog does not know, CPU slots) by price."""
-        by_key = {(o.provider, o.offer_id): o for o in offers}
-        candidates, unknown = self.candidates(offers)
-        scored = rank(candidates, criteria)
-        best = [by_key[(str(s.candidate.provider), str(s.candidate.offer_id))] for s in scored]
-        if not criteria.preferred_vendors and not criteria.preferred_tiers:
-            best += sorted(
-                (
-                    o
-                    for o in unknown
-                    if o.vram_gb >= criteria.min_vram
-                    and _within(o.price_per_gpu_hour, criteria.max_price_per_hour)
-                ),
-                key=lambda o: o.price_per_hour,
-            )
-        return best
+        return await self._search([self.provider(n) for n in (names or list(self.providers))], query)
 
     # -- contracts ----------------------------------------------------------------------------------
 
@@ -211,8 +127,6 @@ class GpuMarket:
         and ends ``failed`` (with the provider's reason, nothing charged) when the rent does not go
         through."""
         provider = self.provider(provider_name)
-        if not 1 <= duration_hours <= MAX_DURATION_HOURS:
-            raise ValidationFailed(f"duration_hours must be between 1 and {MAX_DURATION_HOURS}")
         if auto_renew and provider.billing == "prepaid":
             raise ValidationFailed(
                 f"{provider_name} is prepaid for duration_hours and cannot auto-renew; rent again instead"
@@ -255,14 +169,14 @@ class GpuMarket:
             )
         )
         try:
-            rental = await provider.rent(RentRequest(offer_id, duration_hours, contract.id))
+            rental = await provider.rent(RentRequest(offer, duration_hours, contract.id))
         except Exception as exc:
             reason = exc.message if isinstance(exc, AiserveError) else "internal error"
             await self.contracts.update(contract.id, status="failed", status_message=reason[:500])
             await self._costs.abandon(payer, contract.id)
             raise
         finally:
-            self._cache.invalidate(lambda key: key[0] == provider_name)
+            self._search.forget(provider_name)
         contract = await self.contracts.update(
             contract.id,
             instance_id=rental.instance_id,
@@ -311,7 +225,7 @@ class GpuMarket:
             ]
         )
         skipped: set[str] = set()
-        for offer in self.ranked(search.offers, criteria):
+        for offer in ranked(self.catalog, search.offers, criteria):
             if len(result.contracts) == count:
                 break
             provider = offer.provider
@@ -357,63 +271,19 @@ class GpuMarket:
             return contract
         if contract.instance_id is not None:
             await provider.destroy(contract.instance_id)
-        self._cache.invalidate(lambda key: key[0] == provider_name)
-        return await self._ended(contract, "destroyed", reason)
-
-    async def _ended(
-        self,
-        contract: GpuContract,
-        status: InstanceStatus,
-        message: str | None = None,
-        *,
-        ended_at: datetime | None = None,
-    ) -> GpuContract:
-        """Record that ``contract`` ended (now, or at ``ended_at``) and charge it: the hours used in its
-        current period (at least the first hour on prepaid providers, at most the period), or nothing when
-        it failed."""
-        now = ended_at or datetime.now(UTC)
-        period_start = contract.expires_at - timedelta(hours=contract.duration_hours)
-        hours = Decimal((now - period_start).total_seconds()) / 3600
-        if contract.billing == "prepaid":
-            hours = max(hours, Decimal(1))
-        hours = min(hours, Decimal(contract.duration_hours))
-        cost = Decimal(0) if status == "failed" else contract.price_per_hour * hours
-        await self._costs.settle(contract.id, cost, f"{contract.gpu_model} on {contract.provider}: {status}")
-        return await self.contracts.update(
-            contract.id, status=status, status_message=message, endpoint=None, destroyed_at=now
-        )
+        self._search.forget(provider_name)
+        return await self._settlement.end(contract, "destroyed", reason)
 
     async def end_leftover_local(self) -> list[GpuContract]:
         """At start-up (and on stop): end every contract stored as active on this host's provider whose
         worker no live server holds (the server that started it stopped, was restarted or killed), as a
-        destroy does: a leftover worker still running is stopped, and the credit hold is settled for the
-        time the worker ran (until its last heartbeat), or released when it never started. Contracts held
-        by this server or by another live server process on this host are left alone."""
+        destroy does; see :func:`aiserve_mcp.gpu.leftovers.end_leftovers`."""
         local = self.providers.get("local")
         if not isinstance(local, LocalProvider):
             return []
-        ended = []
-        for contract in await self.contracts.due(_END_OF_TIME):  # every active contract
-            if contract.provider != "local":
-                continue
-            period_start = contract.expires_at - timedelta(hours=contract.duration_hours)
-            try:  # one contract that cannot be ended must not keep the server from starting
-                ending = await local.leftover(
-                    contract.id, contract.instance_id, period_start, contract.created_at
-                )
-                if ending is not None:
-                    ended.append(
-                        await self._ended(contract, ending.status, ending.message, ended_at=ending.at)
-                    )
-            except Exception:
-                log.exception("cannot end the leftover local contract %s", contract.id)
+        ended = await end_leftovers(local, self.contracts, self._settlement)
         if ended:
-            self._cache.invalidate(lambda key: key[0] == "local")
-            log.warning(
-                "ended %d local contract(s) whose worker stopped with its server: %s",
-                len(ended),
-                ", ".join(c.id for c in ended),
-            )
+            self._search.forget(local.name)
         return ended
 
     async def refresh(self, contract: GpuContract) -> GpuContract:
@@ -430,7 +300,7 @@ class GpuMarket:
             log.warning("cannot refresh %s on %s: %s", contract.id, contract.provider, exc)
             return contract
         if state.status in ("failed", "destroyed"):
-            return await self._ended(contract, state.status, state.message)
+            return await self._settlement.end(contract, state.status, state.message)
         changes: dict[str, object] = {"status": state.status, "status_message": state.message}
         if state.endpoint is not None or state.status != "running":
             changes["endpoint"] = state.endpoint
@@ -471,7 +341,8 @@ class GpuMarket:
         duration, all others destroyed. Returns how many were destroyed."""
         destroyed = 0
         for contract in await self.contracts.due(datetime.now(UTC)):
-            if contract.auto_renew and contract.billing == "metered" and await self._renewed(contract):
+            renews = contract.auto_renew and contract.billing == "metered"
+            if renews and await self._settlement.renew(contract):
                 continue
             try:
                 await self.destroy(
@@ -481,37 +352,6 @@ class GpuMarket:
             except AiserveError as exc:
                 log.warning("cannot destroy expired %s on %s: %s", contract.id, contract.provider, exc)
         return destroyed
-
-    async def _renewed(self, contract: GpuContract) -> bool:
-        """Charge the period that ended and authorize the next one; False when the payer's limits or
-        credits refuse it (the instance is then destroyed)."""
-        await self._costs.settle(
-            contract.id,
-            contract.price_per_hour * contract.duration_hours,
-            f"{contract.gpu_model}: period ended",
-        )
-        payer = Principal(
-            contract.user_id,
-            "",
-            False,
-            "api_key" if contract.api_key_id else "jwt",
-            api_key_id=contract.api_key_id,
-        )
-        try:
-            await self._costs.authorize(
-                payer,
-                contract.price_per_hour * contract.duration_hours,
-                contract.id,
-                f"{contract.gpu_model}: renewed for {contract.duration_hours} h",
-                spend_key=f"{contract.id}@{contract.expires_at.isoformat()}",
-            )
-        except (SpendingLimit, InsufficientCredits) as exc:
-            log.info("not renewing %s: %s", contract.id, exc.message)
-            return False
-        await self.contracts.update(
-            contract.id, expires_at=contract.expires_at + timedelta(hours=contract.duration_hours)
-        )
-        return True
 
     async def expire_forever(self, interval_s: float) -> None:
         """Run ``expire_due`` every ``interval_s`` seconds until cancelled; a pass that has started
@@ -534,19 +374,3 @@ class GpuMarket:
                 await self.end_leftover_local()
             except Exception as exc:
                 log.warning("local contracts not ended on stop (the next start ends them): %s", exc)
-
-
-def _within(price: Decimal, max_price: Decimal | None) -> bool:
-    return max_price is None or price <= max_price
-
-
-def _matches(offer: Offer, query: OfferQuery) -> bool:
-    """Filters applied again on our side: a provider's own filtering may be looser than the caller's."""
-    location = query.location.lower() if query.location else None
-    model = normalise_name(query.gpu_model) if query.gpu_model else None
-    return (
-        (query.min_vram_gb is None or offer.vram_gb >= query.min_vram_gb)
-        and _within(offer.price_per_hour, query.max_price_per_hour)
-        and (location is None or location in offer.location.lower())
-        and (model is None or model in normalise_name(offer.gpu_model))
-    )

@@ -62,3 +62,8 @@ class GpuContract(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     destroyed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    @property
+    def estimated_cost(self) -> Decimal:
+        """USD for the rented duration: price_per_hour x duration_hours."""
+        return Decimal(self.price_per_hour) * self.duration_hours

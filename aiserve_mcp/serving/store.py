@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 from sqlalchemy import func, select
@@ -124,8 +125,10 @@ class ModelStore:
             raise
         return StoredFile(path, size, digest.hexdigest())
 
-    async def add(self, model: ServedModel, upload: StoredFile) -> ServedModel:
-        """Record ``model`` and move its file into place."""
+    async def add(self, user_id: str, upload: StoredFile, **columns: Any) -> ServedModel:
+        """Record ``user_id``'s model of ``upload`` (its size and digest) with ``columns`` (name, format,
+        status, serving settings: the other columns of a model) and move its file into place."""
+        model = ServedModel(user_id=user_id, size_bytes=upload.size_bytes, sha256=upload.sha256, **columns)
         async with self._db.session() as session:
             session.add(model)
             session.add(ModelUpload(user_id=model.user_id, size_bytes=upload.size_bytes))

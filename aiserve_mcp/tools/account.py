@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiserve_mcp.core.principal import SCOPES
 from aiserve_mcp.money.guardrails import key_scope
 from aiserve_mcp.tools.billing import TransactionOut
-from aiserve_mcp.tools.common import AwareDatetime, Input, IntegerNumber, NoInput, Offset, Text
+from aiserve_mcp.tools.common import AwareDatetime, Input, IntegerNumber, Merged, NoInput, Offset, Text
 from aiserve_mcp.tools.gpu_instances import ContractOut
 from aiserve_mcp.tools.guardrails import Limit, WindowName
 from aiserve_mcp.tools.models import QuotaOutput, quota_of
+from aiserve_mcp.tools.ports import AccountsPort, GpuPort, KeyBudgetPorts, MoneyPort, ServingPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 API_KEY_NOTICE = "Save this API key securely. It will not be shown again."
@@ -54,7 +55,7 @@ class WhoamiOutput(BaseModel):
 
 
 @tool(scope="account:read", annotations=Annotations("Who am I"))
-async def whoami(ctx: ToolContext, args: NoInput) -> WhoamiOutput:
+async def whoami(ctx: ToolContext[AccountsPort], args: NoInput) -> WhoamiOutput:
     """Show the account and credential this call is made with, including the scopes it holds."""
     caller = ctx.caller()
     user = await ctx.services.accounts.get_user(caller.user_id)
@@ -86,6 +87,8 @@ class CreateApiKeyInput(Input):
 
 
 class CreateApiKeyOutput(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     api_key: str = Field(description="The key. Shown once: store it now.")
     id: str
     name: str
@@ -96,7 +99,7 @@ class CreateApiKeyOutput(BaseModel):
 
 
 @tool(scope="account:write", annotations=Annotations("Create API key", read_only=False, idempotent=False))
-async def create_api_key(ctx: ToolContext, args: CreateApiKeyInput) -> CreateApiKeyOutput:
+async def create_api_key(ctx: ToolContext[KeyBudgetPorts], args: CreateApiKeyInput) -> CreateApiKeyOutput:
     """Create an API key (``ak_live_...``) for programs and agents. The key is returned once and only its
     hash is kept. Give each agent its own key with only the scopes it needs and, with ``budget``, its own
     spending limits; a key can never hold a scope the credential creating it lacks. Without ``scopes`` the
@@ -108,15 +111,7 @@ async def create_api_key(ctx: ToolContext, args: CreateApiKeyInput) -> CreateApi
     )
     if args.budget:
         await ctx.services.costs.guardrails.set_limits(caller, key_scope(key.id), args.budget)
-    return CreateApiKeyOutput(
-        api_key=plaintext,
-        id=key.id,
-        name=key.name,
-        scopes=key.scopes,
-        message=API_KEY_NOTICE,
-        created_at=key.created_at,
-        expires_at=key.expires_at,
-    )
+    return CreateApiKeyOutput.model_validate(Merged(key, api_key=plaintext, message=API_KEY_NOTICE))
 
 
 class ApiKeyList(BaseModel):
@@ -125,7 +120,7 @@ class ApiKeyList(BaseModel):
 
 
 @tool(scope="account:read", annotations=Annotations("List API keys"))
-async def list_api_keys(ctx: ToolContext, args: NoInput) -> ApiKeyList:
+async def list_api_keys(ctx: ToolContext[AccountsPort], args: NoInput) -> ApiKeyList:
     """List the caller's API keys (metadata only: name, prefix, scopes, expiry, last use, revocation)."""
     keys = [
         ApiKeyInfo.model_validate(k) for k in await ctx.services.accounts.list_api_keys(ctx.caller().user_id)
@@ -143,7 +138,7 @@ class RevokeApiKeyOutput(BaseModel):
 
 
 @tool(scope="account:write", annotations=Annotations("Revoke API key", read_only=False, destructive=True))
-async def revoke_api_key(ctx: ToolContext, args: RevokeApiKeyInput) -> RevokeApiKeyOutput:
+async def revoke_api_key(ctx: ToolContext[AccountsPort], args: RevokeApiKeyInput) -> RevokeApiKeyOutput:
     """Revoke one of the caller's API keys; requests with it are refused from now on. Cannot be undone."""
     key = await ctx.services.accounts.revoke_api_key(ctx.caller().user_id, args.key_id)
     return RevokeApiKeyOutput(message="API key revoked", api_key=ApiKeyInfo.model_validate(key))
@@ -159,8 +154,12 @@ class AccountExport(BaseModel):
     exported_at: datetime
 
 
+class ExportPorts(AccountsPort, MoneyPort, GpuPort, ServingPort, Protocol):
+    """What an export reads: the account, its credits, its GPU contracts and its model quota."""
+
+
 @tool(scope="account:read", annotations=Annotations("Export account"))
-async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
+async def export_account(ctx: ToolContext[ExportPorts], args: NoInput) -> AccountExport:
     """Download everything the platform holds about the caller: profile, API keys (never their secrets),
     quota, GPU instances rented, credit transactions and balance."""
     caller = ctx.caller()
@@ -174,8 +173,8 @@ async def export_account(ctx: ToolContext, args: NoInput) -> AccountExport:
         user=UserProfile.model_validate(user),
         api_keys=[ApiKeyInfo.model_validate(k) for k in keys],
         usage_quota=await quota_of(ctx, caller.user_id),
-        gpu_usage=[ContractOut.of(c).model_dump(mode="json") for c in contracts],
-        transactions=[TransactionOut.of(t).model_dump(mode="json") for t in history],
+        gpu_usage=[ContractOut.model_validate(c).model_dump(mode="json") for c in contracts],
+        transactions=[TransactionOut.model_validate(t).model_dump(mode="json") for t in history],
         credits=[{"currency": "USD", "available": float(balance.available), "held": float(balance.held)}],
         exported_at=datetime.now(UTC),
     )
@@ -192,7 +191,7 @@ class UserList(BaseModel):
 
 
 @tool(scope="account:read", admin_only=True, annotations=Annotations("List users (admin)"))
-async def admin_list_users(ctx: ToolContext, args: ListUsersInput) -> UserList:
+async def admin_list_users(ctx: ToolContext[AccountsPort], args: ListUsersInput) -> UserList:
     """Administrators only: list user accounts, oldest first, with paging (limit, offset)."""
     users = [
         UserProfile.model_validate(u) for u in await ctx.services.accounts.list_users(args.limit, args.offset)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from aiserve_mcp.tools.common import Email, Input, Text
+from aiserve_mcp.tools.ports import AccountsPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 
 class UserSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     email: str
     name: str | None = None
@@ -57,29 +60,27 @@ class LogoutOutput(BaseModel):
     message: str
 
 
-async def _spend_auth_budget(ctx: ToolContext) -> None:
+async def _spend_auth_budget(ctx: ToolContext[AccountsPort]) -> None:
     """Login and registration are limited per client address as well, against password guessing."""
     settings = ctx.services.settings
     await ctx.services.rate_limiter.spend(f"auth:{ctx.client_address or 'unknown'}", settings.auth_rate_limit)
 
 
 @tool(scope=None, agent_visible=False, annotations=Annotations("Register", read_only=False, idempotent=False))
-async def auth_register(ctx: ToolContext, args: RegisterInput) -> RegisterOutput:
+async def auth_register(ctx: ToolContext[AccountsPort], args: RegisterInput) -> RegisterOutput:
     """Create a user account. The email must be unused; the password is stored only as an Argon2id hash."""
     await _spend_auth_budget(ctx)
     user = await ctx.services.accounts.create_user(args.email, args.password, args.name)
-    return RegisterOutput(
-        user=UserSummary(id=user.id, email=user.email, name=user.name, created_at=user.created_at)
-    )
+    return RegisterOutput(user=UserSummary.model_validate(user))
 
 
 @tool(scope=None, agent_visible=False, annotations=Annotations("Log in", read_only=False, idempotent=False))
-async def auth_login(ctx: ToolContext, args: LoginInput) -> LoginOutput:
+async def auth_login(ctx: ToolContext[AccountsPort], args: LoginInput) -> LoginOutput:
     """Exchange email and password for a 24-hour access token and a single-use refresh token."""
     await _spend_auth_budget(ctx)
     user, pair = await ctx.services.accounts.login(args.email, args.password)
     return LoginOutput(
-        user=UserSummary(id=user.id, email=user.email, name=user.name, created_at=user.created_at),
+        user=UserSummary.model_validate(user),
         tokens=Tokens(
             access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
         ),
@@ -91,7 +92,7 @@ async def auth_login(ctx: ToolContext, args: LoginInput) -> LoginOutput:
     agent_visible=False,
     annotations=Annotations("Refresh tokens", read_only=False, idempotent=False),
 )
-async def auth_refresh(ctx: ToolContext, args: RefreshInput) -> RefreshOutput:
+async def auth_refresh(ctx: ToolContext[AccountsPort], args: RefreshInput) -> RefreshOutput:
     """Spend a refresh token for a new token pair. Each refresh token works once: presenting a spent one
     revokes the whole login (all its tokens), since that means it was copied."""
     await _spend_auth_budget(ctx)
@@ -104,7 +105,7 @@ async def auth_refresh(ctx: ToolContext, args: RefreshInput) -> RefreshOutput:
 
 
 @tool(scope=None, agent_visible=False, annotations=Annotations("Log out", read_only=False))
-async def auth_logout(ctx: ToolContext, args: RefreshInput) -> LogoutOutput:
+async def auth_logout(ctx: ToolContext[AccountsPort], args: RefreshInput) -> LogoutOutput:
     """End a login: its refresh token and every access token minted from it stop working."""
     await ctx.services.accounts.logout(args.refresh_token)
     return LogoutOutput(message="Logged out")

@@ -12,8 +12,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from aiserve_mcp.core.errors import PaymentDeclined, ServiceUnavailable, ValidationFailed
 from aiserve_mcp.money.payments.base import PaymentGateway
-from aiserve_mcp.money.tables import LedgerTransaction
-from aiserve_mcp.tools.common import DecimalNumber, Input, IntegerNumber, Offset, Text, any_case_pattern
+from aiserve_mcp.tools.common import (
+    DecimalNumber,
+    Input,
+    IntegerNumber,
+    Merged,
+    Offset,
+    Text,
+    any_case_pattern,
+)
+from aiserve_mcp.tools.ports import MoneyPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 Amount = Annotated[Decimal, DecimalNumber(places=2, gt=0, le=100_000)]
@@ -84,6 +92,8 @@ class PaymentInput(Input):
 
 
 class TransactionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     amount: float
     currency: str
@@ -93,20 +103,6 @@ class TransactionOut(BaseModel):
     description: str
     reference: str | None
     gateway: str | None
-
-    @classmethod
-    def of(cls, tx: LedgerTransaction) -> TransactionOut:
-        return cls(
-            id=tx.id,
-            amount=float(tx.amount),
-            currency=tx.currency,
-            status=tx.status,
-            created_at=tx.created_at,
-            kind=tx.kind,
-            description=tx.description,
-            reference=tx.reference,
-            gateway=tx.gateway,
-        )
 
 
 class PaymentTransaction(TransactionOut):
@@ -119,7 +115,7 @@ class PaymentOutput(BaseModel):
     balance: float = Field(description="Available credits after this payment, USD.")
 
 
-def _gateway(ctx: ToolContext, wanted: str | None) -> PaymentGateway:
+def _gateway(ctx: ToolContext[MoneyPort], wanted: str | None) -> PaymentGateway:
     gateway = ctx.services.payments
     if gateway is None:
         raise ServiceUnavailable(
@@ -135,7 +131,7 @@ def _gateway(ctx: ToolContext, wanted: str | None) -> PaymentGateway:
     scope="billing:write",
     annotations=Annotations("Buy credits", read_only=False, idempotent=False, open_world=True),
 )
-async def create_payment(ctx: ToolContext, args: PaymentInput) -> PaymentOutput:
+async def create_payment(ctx: ToolContext[MoneyPort], args: PaymentInput) -> PaymentOutput:
     """Buy credits (USD) with a card token or Stripe PaymentMethod id (never a card number). Credits are
     added once per idempotency key; a payment that needs 3-D Secure returns status requires_action with
     next_action_url and is credited when it completes. A declined card is PAYMENT_DECLINED (402)."""
@@ -169,12 +165,9 @@ async def create_payment(ctx: ToolContext, args: PaymentInput) -> PaymentOutput:
             {"transaction_id": tx.id, "decline_code": charge.failure_code},
         )
     balance = await ledger.balance(caller.user_id)
-    out = TransactionOut.of(tx).model_dump()
+    paid = Merged(tx, sandbox=gateway.name == "sandbox", next_action_url=charge.next_action_url)
     return PaymentOutput(
-        transaction=PaymentTransaction(
-            **out, sandbox=gateway.name == "sandbox", next_action_url=charge.next_action_url
-        ),
-        balance=float(balance.available),
+        transaction=PaymentTransaction.model_validate(paid), balance=float(balance.available)
     )
 
 
@@ -191,7 +184,7 @@ class TransactionsOutput(BaseModel):
 
 
 @tool(scope="billing:read", annotations=Annotations("Transactions"))
-async def list_transactions(ctx: ToolContext, args: PageInput) -> TransactionsOutput:
+async def list_transactions(ctx: ToolContext[MoneyPort], args: PageInput) -> TransactionsOutput:
     """Your credit history, newest first (payments, holds for rented instances, charges, releases), with
     the available and held balance."""
     user_id = ctx.caller().user_id
@@ -199,7 +192,7 @@ async def list_transactions(ctx: ToolContext, args: PageInput) -> TransactionsOu
     rows, total = await ledger.transactions(user_id, args.limit, args.offset)
     balance = await ledger.balance(user_id)
     return TransactionsOutput(
-        transactions=[TransactionOut.of(r) for r in rows],
+        transactions=[TransactionOut.model_validate(r) for r in rows],
         count=total,
         credits=float(balance.available),
         held=float(balance.held),
@@ -212,7 +205,9 @@ class WebhookOutput(BaseModel):
     settled: str | None = Field(description="The transaction the event settled, if any.")
 
 
-async def handle_payment_webhook(ctx: ToolContext, payload: bytes, signature: str | None) -> WebhookOutput:
+async def handle_payment_webhook(
+    ctx: ToolContext[MoneyPort], payload: bytes, signature: str | None
+) -> WebhookOutput:
     """Verify a gateway's webhook and settle the payment it reports (each event once)."""
     gateway = _gateway(ctx, None)
     event = gateway.parse_webhook(payload, signature)

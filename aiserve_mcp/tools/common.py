@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -88,6 +89,22 @@ class IntegerNumber:
         return core_schema.no_info_before_validator_function(
             _json_number, core_schema.int_schema(ge=self.ge, le=self.le)
         )
+
+
+class Merged:
+    """The attributes of several objects read as one object's, ``values`` first, then each source in
+    order: what an output model validates ``from_attributes`` when its fields come from a feature's row
+    and from elsewhere (figures measured in this process, a secret shown once):
+    ``ModelDetails.model_validate(Merged(row, measured))``."""
+
+    def __init__(self, *sources: object, **values: object) -> None:
+        self._sources = (SimpleNamespace(**values), *sources)
+
+    def __getattr__(self, name: str) -> Any:
+        for source in self.__dict__["_sources"]:
+            if hasattr(source, name):
+                return getattr(source, name)
+        raise AttributeError(name)
 
 
 def any_case_pattern(words: Iterable[str]) -> str:

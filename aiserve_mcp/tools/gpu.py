@@ -9,9 +9,11 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from aiserve_mcp.gpu.catalog import TIERS, VENDORS, Tier, default_catalog
+from aiserve_mcp.gpu.offers import candidates
 from aiserve_mcp.gpu.providers.base import OfferQuery
 from aiserve_mcp.gpu.selection import Candidate, Criteria, Priority, rank
 from aiserve_mcp.tools.common import DecimalNumber, Input, IntegerNumber, NoInput, any_case_pattern
+from aiserve_mcp.tools.ports import GpuPort, NoPorts
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 
@@ -65,7 +67,7 @@ class Preferences(BaseModel):
     created_at: datetime | None = None
 
 
-async def _preferences(ctx: ToolContext) -> Preferences:
+async def _preferences(ctx: ToolContext[GpuPort]) -> Preferences:
     user_id = ctx.caller().user_id
     row = await ctx.services.gpu_preferences.get(user_id)
     if row is None:
@@ -75,7 +77,7 @@ async def _preferences(ctx: ToolContext) -> Preferences:
 
 
 @tool(scope="gpu:read", annotations=Annotations("GPU preferences"))
-async def get_gpu_preferences(ctx: ToolContext, args: NoInput) -> Preferences:
+async def get_gpu_preferences(ctx: ToolContext[GpuPort], args: NoInput) -> Preferences:
     """Read the caller's GPU selection preferences (vendors, tiers, minimum VRAM, price cap, priority);
     ``is_default`` is true until they are saved once."""
     return await _preferences(ctx)
@@ -88,7 +90,7 @@ class SavedPreferences(BaseModel):
 
 
 @tool(scope="gpu:write", annotations=Annotations("Save GPU preferences", read_only=False))
-async def set_gpu_preferences(ctx: ToolContext, args: PreferenceFields) -> SavedPreferences:
+async def set_gpu_preferences(ctx: ToolContext[GpuPort], args: PreferenceFields) -> SavedPreferences:
     """Save the caller's GPU selection preferences, replacing earlier ones. Vendors: NVIDIA, AMD, Intel;
     tiers: entry, mid-range, high-end, flagship; priority: performance, cost or balanced."""
     row = await ctx.services.gpu_preferences.save(ctx.caller().user_id, **args.model_dump())
@@ -126,7 +128,7 @@ class PreviewInput(Input):
     )
 
 
-async def saved_preferences(ctx: ToolContext) -> PreferenceFields:
+async def saved_preferences(ctx: ToolContext[GpuPort]) -> PreferenceFields:
     """The caller's saved preferences as input fields (the defaults until saved)."""
     saved = await _preferences(ctx)
     return PreferenceFields.model_validate(
@@ -134,17 +136,17 @@ async def saved_preferences(ctx: ToolContext) -> PreferenceFields:
     )
 
 
-async def _candidates(ctx: ToolContext) -> tuple[list[Candidate], str]:
+async def _candidates(ctx: ToolContext[GpuPort]) -> tuple[list[Candidate], str]:
     """Live offers matched to the catalog when a marketplace is configured, else the catalog itself."""
     market = ctx.services.market
     if not market.marketplaces_configured:
         return [Candidate(spec) for spec in default_catalog().specs], "catalog"
-    candidates, _ = market.candidates((await market.search(OfferQuery())).offers)
-    return candidates, "offers"
+    known, _ = candidates(market.catalog, (await market.search(OfferQuery())).offers)
+    return known, "offers"
 
 
 @tool(scope="gpu:read", annotations=Annotations("Preview GPU selection", open_world=True))
-async def test_gpu_preferences(ctx: ToolContext, args: PreviewInput) -> SelectionPreview:
+async def test_gpu_preferences(ctx: ToolContext[GpuPort], args: PreviewInput) -> SelectionPreview:
     """Preview which GPU the caller's preferences select, with a 0-100 score and ranked alternatives.
     Candidates below min_vram or above the price cap (USD per GPU-hour) are excluded; the score weighs
     performance (FP16 TFLOPS), memory, vendor/tier preference and, when prices are known, performance per
@@ -201,7 +203,7 @@ class CatalogFilter(Input):
     min_vram: VramGb = Field(default=0, description="Minimum GPU memory in GB.")
 
 
-async def _mean_prices(ctx: ToolContext) -> dict[str, float]:
+async def _mean_prices(ctx: ToolContext[GpuPort]) -> dict[str, float]:
     """Mean USD per GPU-hour of the live offers of each catalog GPU (empty without a marketplace)."""
     candidates, source = await _candidates(ctx)
     if source != "offers":
@@ -214,7 +216,7 @@ async def _mean_prices(ctx: ToolContext) -> dict[str, float]:
 
 
 @tool(scope="gpu:read", annotations=Annotations("GPU catalog", open_world=True))
-async def list_available_gpus(ctx: ToolContext, args: CatalogFilter) -> CatalogList:
+async def list_available_gpus(ctx: ToolContext[GpuPort], args: CatalogFilter) -> CatalogList:
     """List GPU models with their real specifications (VRAM, dense FP16 TFLOPS, memory bandwidth, tier,
     architecture, and the source of each figure), filtered by vendor, tier and minimum VRAM, with the mean
     live price per GPU-hour when a marketplace is configured."""
@@ -244,7 +246,7 @@ class Examples(BaseModel):
 
 
 @tool(scope=None, annotations=Annotations("Example GPU preferences"))
-async def gpu_preference_examples(ctx: ToolContext, args: NoInput) -> Examples:
+async def gpu_preference_examples(ctx: ToolContext[NoPorts], args: NoInput) -> Examples:
     """Example preference sets to start from (cost_optimized, performance_focused, nvidia_only,
     amd_preferred); each can be saved as is with set_gpu_preferences."""
     return Examples(

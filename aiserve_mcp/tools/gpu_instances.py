@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from aiserve_mcp.gpu.market import MAX_DURATION_HOURS, ItemError, ProviderReport, Reservation
+from aiserve_mcp.gpu.market import MAX_DURATION_HOURS, ItemError, Reservation
+from aiserve_mcp.gpu.offers import ProviderReport
 from aiserve_mcp.gpu.providers.base import Offer, OfferQuery
 from aiserve_mcp.gpu.selection import Criteria
-from aiserve_mcp.gpu.tables import GpuContract
 from aiserve_mcp.tools.common import Input, IntegerNumber, Text
 from aiserve_mcp.tools.gpu import Price, VramGb, saved_preferences
+from aiserve_mcp.tools.ports import GpuPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 ProviderName = Literal["vastai", "ionet", "local"]
@@ -70,6 +70,8 @@ class OfferOut(BaseModel):
 
 
 class ProviderStatus(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     configured: bool
     count: int
@@ -79,6 +81,8 @@ class ProviderStatus(BaseModel):
 
 
 class ItemErrorOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     code: str
     error: str
     provider: str | None
@@ -97,7 +101,7 @@ class SearchOutput(BaseModel):
 
 
 @tool(scope="gpu:read", annotations=Annotations("Search GPU offers", open_world=True))
-async def search_gpu_offers(ctx: ToolContext, args: SearchInput) -> SearchOutput:
+async def search_gpu_offers(ctx: ToolContext[GpuPort], args: SearchInput) -> SearchOutput:
     """Search live GPU offers from every configured marketplace (vast.ai, io.net) and this host at once,
     cheapest first. Filters: min_vram (GB per GPU), max_price (USD/hour for the whole offer), gpu_model
     (e.g. 'RTX 4090', matched ignoring case, spaces and vendor words), location (e.g. 'US'). A provider that
@@ -112,7 +116,7 @@ async def search_gpu_offers(ctx: ToolContext, args: SearchInput) -> SearchOutput
         count=len(shown),
         total=len(found.offers),
         provider=args.provider,
-        providers=[ProviderStatus(**dataclasses.asdict(r)) for r in found.reports],
+        providers=[ProviderStatus.model_validate(r) for r in found.reports],
         errors=[_error_out(r) for r in found.reports if r.configured and r.error],
     )
 
@@ -120,7 +124,7 @@ async def search_gpu_offers(ctx: ToolContext, args: SearchInput) -> SearchOutput
 def _error_out(item: ProviderReport | ItemError) -> ItemErrorOut:
     if isinstance(item, ProviderReport):
         return ItemErrorOut(code=item.code or "", error=item.error or "", provider=item.name, offer_id=None)
-    return ItemErrorOut(**dataclasses.asdict(item))
+    return ItemErrorOut.model_validate(item)
 
 
 class RentConfig(Input):
@@ -143,7 +147,9 @@ class RentInput(RentConfig):
 
 
 class ContractOut(BaseModel):
-    contract_id: str
+    model_config = ConfigDict(from_attributes=True)
+
+    contract_id: str = Field(validation_alias="id")
     provider: str
     instance_id: str | None = Field(description="The provider's instance id (null until it accepted).")
     offer_id: str
@@ -164,31 +170,6 @@ class ContractOut(BaseModel):
     expires_at: datetime
     destroyed_at: datetime | None
 
-    @classmethod
-    def of(cls, row: GpuContract) -> ContractOut:
-        return cls(
-            contract_id=row.id,
-            provider=row.provider,
-            instance_id=row.instance_id,
-            offer_id=row.offer_id,
-            status=row.status,
-            status_message=row.status_message,
-            gpu_model=row.gpu_model,
-            pool=row.pool,
-            num_gpus=row.num_gpus,
-            vram_gb=row.vram_gb,
-            location=row.location,
-            price_per_hour=float(row.price_per_hour),
-            billing=row.billing,
-            duration_hours=row.duration_hours,
-            auto_renew=row.auto_renew,
-            estimated_cost=float(Decimal(row.price_per_hour) * row.duration_hours),
-            endpoint=row.endpoint,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            destroyed_at=row.destroyed_at,
-        )
-
 
 def _offer_ref(provider: str, ref: str) -> str:
     return ref.removeprefix(f"{provider}:")
@@ -198,7 +179,7 @@ def _offer_ref(provider: str, ref: str) -> str:
     scope="gpu:write",
     annotations=Annotations("Rent a GPU offer", read_only=False, idempotent=False, open_world=True),
 )
-async def rent_gpu_instance(ctx: ToolContext, args: RentInput) -> ContractOut:
+async def rent_gpu_instance(ctx: ToolContext[GpuPort], args: RentInput) -> ContractOut:
     """Rent one GPU offer found with search_gpu_offers, for duration_hours (it is destroyed when they end
     unless auto_renew). Returns the contract you own; status starts 'provisioning' (cloud) or 'running'
     (local). Fails with CONFLICT when the offer is gone (offers go stale fast: search again or use
@@ -212,7 +193,7 @@ async def rent_gpu_instance(ctx: ToolContext, args: RentInput) -> ContractOut:
         args.auto_renew,
         args.pool,
     )
-    return ContractOut.of(contract)
+    return ContractOut.model_validate(contract)
 
 
 class InstanceRef(Input):
@@ -233,7 +214,7 @@ class DestroyOutput(BaseModel):
     scope="gpu:write",
     annotations=Annotations("Destroy a GPU instance", read_only=False, destructive=True, open_world=True),
 )
-async def destroy_gpu_instance(ctx: ToolContext, args: InstanceRef) -> DestroyOutput:
+async def destroy_gpu_instance(ctx: ToolContext[GpuPort], args: InstanceRef) -> DestroyOutput:
     """Destroy one of your GPU instances (by contract id or provider instance id) so it stops billing.
     Destroying an instance that is already gone succeeds. Other users' instances are NOT_FOUND."""
     contract = await ctx.services.market.destroy(ctx.caller().user_id, args.provider, args.instance_id)
@@ -256,9 +237,11 @@ class ReserveInput(Input):
 
 
 class Reserved(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     instance_id: str | None
     provider: str
-    contract_id: str
+    contract_id: str = Field(validation_alias="id")
     gpu_model: str
     price_per_hour: float
     status: str
@@ -272,7 +255,7 @@ class ReserveOutput(BaseModel):
     errors: list[ItemErrorOut]
 
 
-async def _criteria(ctx: ToolContext, filters: OfferFilters) -> Criteria:
+async def _criteria(ctx: ToolContext[GpuPort], filters: OfferFilters) -> Criteria:
     saved = (await saved_preferences(ctx)).criteria()
     return dataclasses.replace(
         saved,
@@ -282,7 +265,7 @@ async def _criteria(ctx: ToolContext, filters: OfferFilters) -> Criteria:
 
 
 async def _reserve(
-    ctx: ToolContext,
+    ctx: ToolContext[GpuPort],
     count: int,
     filters: OfferFilters,
     config: RentConfig,
@@ -309,7 +292,7 @@ async def _reserve(
     scope="gpu:write",
     annotations=Annotations("Reserve GPUs", read_only=False, idempotent=False, open_world=True),
 )
-async def reserve_gpus(ctx: ToolContext, args: ReserveInput) -> ReserveOutput:
+async def reserve_gpus(ctx: ToolContext[GpuPort], args: ReserveInput) -> ReserveOutput:
     """Rent `count` GPUs matching filters, choosing the best offers across providers by your saved GPU
     preferences (see test_gpu_preferences). When a provider refuses an offer it tries the next one; a
     rate-limited provider is skipped. Per-offer failures are listed in 'errors'; 'count' says how many
@@ -317,18 +300,7 @@ async def reserve_gpus(ctx: ToolContext, args: ReserveInput) -> ReserveOutput:
     names = None if args.filters.provider == "all" else [args.filters.provider]
     result = await _reserve(ctx, args.count, args.filters, args.config, names, 0)
     return ReserveOutput(
-        reserved=[
-            Reserved(
-                instance_id=c.instance_id,
-                provider=c.provider,
-                contract_id=c.id,
-                gpu_model=c.gpu_model,
-                price_per_hour=float(c.price_per_hour),
-                status=c.status,
-                endpoint=c.endpoint,
-            )
-            for c in result.contracts
-        ],
+        reserved=[Reserved.model_validate(c) for c in result.contracts],
         count=len(result.contracts),
         requested=args.count,
         errors=[_error_out(e) for e in result.errors],
@@ -358,7 +330,7 @@ class BatchOutput(BaseModel):
     scope="gpu:write",
     annotations=Annotations("Rent GPUs in batch", read_only=False, idempotent=False, open_world=True),
 )
-async def batch_rent_gpu_instances(ctx: ToolContext, args: BatchInput) -> BatchOutput:
+async def batch_rent_gpu_instances(ctx: ToolContext[GpuPort], args: BatchInput) -> BatchOutput:
     """Rent a number of instances on each provider (vastai_count, ionet_count, local_count), each the best
     available offer there by your GPU preferences and the optional filters. Returns the contract ids per
     provider and per-item errors; reports progress to MCP clients that send a progress token."""
@@ -391,11 +363,11 @@ class ContractList(BaseModel):
 
 
 @tool(scope="gpu:read", annotations=Annotations("My GPU instances", open_world=True))
-async def list_gpu_contracts(ctx: ToolContext, args: ContractsInput) -> ContractList:
+async def list_gpu_contracts(ctx: ToolContext[GpuPort], args: ContractsInput) -> ContractList:
     """List the GPU instances you rented, newest first, each refreshed from its provider (status,
     endpoint), with price, billing model, expiry and estimated cost."""
     rows = await ctx.services.market.list_contracts(ctx.caller().user_id, args.active)
-    return ContractList(contracts=[ContractOut.of(r) for r in rows], count=len(rows))
+    return ContractList(contracts=[ContractOut.model_validate(r) for r in rows], count=len(rows))
 
 
 class ContractRef(Input):
@@ -403,6 +375,8 @@ class ContractRef(Input):
 
 
 @tool(scope="gpu:read", annotations=Annotations("One GPU instance", open_world=True))
-async def get_gpu_contract(ctx: ToolContext, args: ContractRef) -> ContractOut:
+async def get_gpu_contract(ctx: ToolContext[GpuPort], args: ContractRef) -> ContractOut:
     """One of your GPU instances by contract id, refreshed from its provider."""
-    return ContractOut.of(await ctx.services.market.contract(ctx.caller().user_id, args.contract_id))
+    return ContractOut.model_validate(
+        await ctx.services.market.contract(ctx.caller().user_id, args.contract_id)
+    )

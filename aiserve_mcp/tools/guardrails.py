@@ -18,6 +18,7 @@ from aiserve_mcp.money.guardrails import (
 )
 from aiserve_mcp.money.spend_store.base import WindowLimit, WindowTotal
 from aiserve_mcp.tools.common import DecimalNumber, Input, NoInput, Text
+from aiserve_mcp.tools.ports import KeyBudgetPorts, MoneyPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 Money = Annotated[Decimal, DecimalNumber(places=6, gt=0, le=1_000_000)]
@@ -86,7 +87,7 @@ class SpendingOutput(BaseModel):
 
 
 @tool(scope="guardrails:read", annotations=Annotations("Spending"))
-async def get_spending(ctx: ToolContext, args: NoInput) -> SpendingOutput:
+async def get_spending(ctx: ToolContext[MoneyPort], args: NoInput) -> SpendingOutput:
     """What you have spent in each rolling window (hourly, daily, weekly, monthly and your own) against its
     limit, headed by the window closest to its limit."""
     totals = await ctx.services.costs.guardrails.totals(ctx.caller().user_id)
@@ -114,7 +115,7 @@ class RecordOutput(BaseModel):
 
 
 @tool(scope="guardrails:write", annotations=Annotations("Record spending", read_only=False, idempotent=False))
-async def record_spending(ctx: ToolContext, args: RecordInput) -> RecordOutput:
+async def record_spending(ctx: ToolContext[MoneyPort], args: RecordInput) -> RecordOutput:
     """Record money you spent outside this platform against your spending windows. Checked and recorded
     in one atomic step for every window of your account and of this API key: if any limit would be
     exceeded nothing is recorded and the answer is SPENDING_LIMIT (402) naming each window, its limit,
@@ -143,7 +144,7 @@ class CheckOutput(BaseModel):
 
 
 @tool(scope="guardrails:read", annotations=Annotations("Check spending"))
-async def check_spending(ctx: ToolContext, args: CheckInput) -> CheckOutput:
+async def check_spending(ctx: ToolContext[MoneyPort], args: CheckInput) -> CheckOutput:
     """Would spending estimated_cost now stay within every limit? 200 with allowed true, or
     SPENDING_LIMIT (402) with allowed false and the violated windows. Records nothing."""
     decision = await ctx.services.costs.guardrails.spend(ctx.caller(), args.estimated_cost, record=False)
@@ -167,7 +168,7 @@ class MessageOutput(BaseModel):
 
 
 @tool(scope="guardrails:admin", annotations=Annotations("Reset spending", read_only=False, destructive=True))
-async def reset_spending(ctx: ToolContext, args: ResetInput) -> MessageOutput:
+async def reset_spending(ctx: ToolContext[MoneyPort], args: ResetInput) -> MessageOutput:
     """Start a spending window (or all) afresh: earlier spending stops counting in it, the history is
     kept. Needs the guardrails:admin scope, so an agent's key cannot lift its own limits."""
     await ctx.services.costs.guardrails.reset(ctx.caller().user_id, args.window_name)
@@ -184,7 +185,7 @@ class LimitsOutput(BaseModel):
     limits: list[Window]
 
 
-async def _scope(ctx: ToolContext, api_key_id: str | None) -> str:
+async def _scope(ctx: ToolContext[KeyBudgetPorts], api_key_id: str | None) -> str:
     caller = ctx.caller()
     if api_key_id is None:
         return user_scope(caller.user_id)
@@ -195,7 +196,7 @@ async def _scope(ctx: ToolContext, api_key_id: str | None) -> str:
 
 
 @tool(scope="guardrails:read", annotations=Annotations("Spending limits"))
-async def get_spending_limits(ctx: ToolContext, args: LimitsInput) -> LimitsOutput:
+async def get_spending_limits(ctx: ToolContext[KeyBudgetPorts], args: LimitsInput) -> LimitsOutput:
     """Your spending limits per rolling window, or the budget of one of your API keys (api_key_id)."""
     scope = await _scope(ctx, args.api_key_id)
     limits = await ctx.services.costs.guardrails.limits(scope)
@@ -215,7 +216,7 @@ class SetLimitsInput(LimitsInput):
 
 
 @tool(scope="guardrails:write", annotations=Annotations("Set spending limits", read_only=False))
-async def set_spending_limits(ctx: ToolContext, args: SetLimitsInput) -> LimitsOutput:
+async def set_spending_limits(ctx: ToolContext[KeyBudgetPorts], args: SetLimitsInput) -> LimitsOutput:
     """Set your limits per window, or an API key's own budget (api_key_id) so an agent gets its own
     allowance. Lowering a limit or adding a key budget needs guardrails:write; raising or removing a limit
     needs guardrails:admin (a login has it; give agents' keys only guardrails:write)."""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import ANY_DTYPE, to_python
 from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
+from aiserve_mcp.tools.ports import NoPorts, ServingPort, SystemPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 Datatype = Literal[
@@ -52,7 +53,7 @@ class Live(BaseModel):
 
 
 @tool(scope=None, annotations=Annotations("Server live"), agent_visible=False)
-async def v2_live(ctx: ToolContext, args: NoInput) -> Live:
+async def v2_live(ctx: ToolContext[NoPorts], args: NoInput) -> Live:
     """Open Inference Protocol liveness: the process answers."""
     return Live(live=True)
 
@@ -62,7 +63,7 @@ class Ready(BaseModel):
 
 
 @tool(scope=None, annotations=Annotations("Server ready"), agent_visible=False)
-async def v2_ready(ctx: ToolContext, args: NoInput) -> Ready:
+async def v2_ready(ctx: ToolContext[SystemPort], args: NoInput) -> Ready:
     """Open Inference Protocol readiness: the server can load and run models (its database answers)."""
     await ctx.services.db.ping()
     return Ready(ready=True)
@@ -98,7 +99,7 @@ def _tensors(specs: list[dict[str, Any]]) -> list[TensorMeta]:
 
 
 @tool(scope="models:read", annotations=Annotations("Model metadata (v2)"), agent_visible=False)
-async def v2_model_metadata(ctx: ToolContext, args: ModelName) -> ModelMetadata:
+async def v2_model_metadata(ctx: ToolContext[ServingPort], args: ModelName) -> ModelMetadata:
     """Open Inference Protocol model metadata: versions, platform, input and output tensors (-1: any)."""
     row = await ctx.services.model_store.by_name(ctx.caller().user_id, args.model_name)
     signature = row.signature or {"inputs": [], "outputs": []}
@@ -117,7 +118,7 @@ class ModelReady(BaseModel):
 
 
 @tool(scope="models:read", annotations=Annotations("Model ready (v2)"), agent_visible=False)
-async def v2_model_ready(ctx: ToolContext, args: ModelName) -> ModelReady:
+async def v2_model_ready(ctx: ToolContext[ServingPort], args: ModelName) -> ModelReady:
     """Open Inference Protocol model readiness (HTTP 200 when ready, 503 otherwise)."""
     row = await ctx.services.model_store.by_name(ctx.caller().user_id, args.model_name)
     return ModelReady(name=row.name, ready=row.status == "ready")
@@ -172,7 +173,7 @@ def _reshape(tensor: InferTensor) -> Any:
 
 
 @tool(scope="models:read", annotations=Annotations("Infer (v2)", read_only=False), agent_visible=False)
-async def v2_infer(ctx: ToolContext, args: InferInput) -> InferOutput:
+async def v2_infer(ctx: ToolContext[ServingPort], args: InferInput) -> InferOutput:
     """Open Inference Protocol inference: typed tensors in (name, shape, datatype, row-major data), typed
     tensors out. Each input's datatype must be the model's."""
     row = await ctx.services.model_store.by_name(ctx.caller().user_id, args.model_name)

@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from aiserve_mcp.core.errors import NotFound, PayloadTooLarge
 from aiserve_mcp.tools.common import Input
 from aiserve_mcp.tools.gpu_instances import PoolName
+from aiserve_mcp.tools.ports import TrafficPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 from aiserve_mcp.traffic.balancer import STRATEGIES, Strategy
-from aiserve_mcp.traffic.service import InstanceLoad, ProxyCall, UpstreamReply
+from aiserve_mcp.traffic.service import ProxyCall, UpstreamReply
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # What HTTP carries: a header name is a token; a value is visible ASCII with inner spaces or tabs.
@@ -26,35 +27,50 @@ class PoolInput(Input):
     pool: PoolName = Field(default="default", description="The pool of instances (set when renting).")
 
 
+def _contract(name: str) -> AliasPath:
+    return AliasPath("contract", name)
+
+
+def _measured(name: str) -> AliasPath:
+    return AliasPath("load", name)
+
+
 class Load(BaseModel):
-    instance_id: str | None = Field(description="The provider's instance id.")
-    contract_id: str
-    provider: str
-    gpu_model: str
-    connections: int = Field(description="Requests in flight through this server now.")
-    load: float = Field(description="This instance's share of the pool's in-flight requests, 0-1.")
-    response_time_ms: float | None = Field(description="Measured response time (EWMA); null until measured.")
-    requests: int
-    failures: int
-    healthy: bool = Field(description="False while ejected after consecutive failures.")
+    # Read from the traffic service's InstanceLoad: its contract, the balancer's measures, share and weight.
+    model_config = ConfigDict(from_attributes=True)
+
+    instance_id: str | None = Field(
+        validation_alias=_contract("instance_id"), description="The provider's instance id."
+    )
+    contract_id: str = Field(validation_alias=_contract("id"))
+    provider: str = Field(validation_alias=_contract("provider"))
+    gpu_model: str = Field(validation_alias=_contract("gpu_model"))
+    connections: int = Field(
+        validation_alias=_measured("in_flight"), description="Requests in flight through this server now."
+    )
+    load: float = Field(
+        validation_alias="share", description="This instance's share of the pool's in-flight requests, 0-1."
+    )
+    response_time_ms: float | None = Field(
+        validation_alias=_measured("ewma_ms"),
+        description="Measured response time (EWMA); null until measured.",
+    )
+    requests: int = Field(validation_alias=_measured("requests"))
+    failures: int = Field(validation_alias=_measured("failures"))
+    healthy: bool = Field(
+        validation_alias=_measured("healthy"), description="False while ejected after consecutive failures."
+    )
     weight: float = Field(description="Weighted round robin share: the GPUs' FP16 TFLOPS, 1 for CPU.")
 
+    @field_validator("load")
+    @classmethod
+    def _share(cls, share: float) -> float:
+        return round(share, 4)
 
-def _load(item: InstanceLoad, total_in_flight: int) -> Load:
-    measured = item.load
-    return Load(
-        instance_id=item.contract.instance_id,
-        contract_id=item.contract.id,
-        provider=item.contract.provider,
-        gpu_model=item.contract.gpu_model,
-        connections=measured.in_flight,
-        load=round(measured.in_flight / total_in_flight, 4) if total_in_flight else 0.0,
-        response_time_ms=round(measured.ewma_ms, 3) if measured.ewma_ms is not None else None,
-        requests=measured.requests,
-        failures=measured.failures,
-        healthy=measured.healthy,
-        weight=item.weight,
-    )
+    @field_validator("response_time_ms")
+    @classmethod
+    def _milliseconds(cls, ms: float | None) -> float | None:
+        return round(ms, 3) if ms is not None else None
 
 
 class LoadsOutput(BaseModel):
@@ -64,16 +80,15 @@ class LoadsOutput(BaseModel):
     count: int
 
 
-async def _loads(ctx: ToolContext, pool: str) -> tuple[str, list[Load]]:
+async def _loads(ctx: ToolContext[TrafficPort], pool: str) -> tuple[str, list[Load]]:
     user_id = ctx.caller().user_id
     traffic = ctx.services.traffic
     items = await traffic.loads(user_id, pool)
-    total = sum(i.load.in_flight for i in items)
-    return await traffic.pools.strategy(user_id, pool), [_load(i, total) for i in items]
+    return await traffic.pools.strategy(user_id, pool), [Load.model_validate(i) for i in items]
 
 
 @tool(scope="lb:read", annotations=Annotations("Instance loads"))
-async def get_instance_loads(ctx: ToolContext, args: PoolInput) -> LoadsOutput:
+async def get_instance_loads(ctx: ToolContext[TrafficPort], args: PoolInput) -> LoadsOutput:
     """Load of every running instance in one of your pools, as measured by this platform's balancer:
     requests in flight, share of the pool's traffic, response time (EWMA), totals and health."""
     strategy, loads = await _loads(ctx, args.pool)
@@ -87,7 +102,7 @@ class InstanceInput(Input):
 
 
 @tool(scope="lb:read", annotations=Annotations("Instance load"))
-async def get_instance_load(ctx: ToolContext, args: InstanceInput) -> Load:
+async def get_instance_load(ctx: ToolContext[TrafficPort], args: InstanceInput) -> Load:
     """Load of one of your running instances (by contract id or provider instance id)."""
     running = await ctx.services.traffic.running(ctx.caller().user_id)
     contract = next((c for c in running if args.instance_id in (c.id, c.instance_id)), None)
@@ -103,7 +118,7 @@ class StrategyOutput(BaseModel):
 
 
 @tool(scope="lb:read", annotations=Annotations("Balancing strategy"))
-async def get_lb_strategy(ctx: ToolContext, args: PoolInput) -> StrategyOutput:
+async def get_lb_strategy(ctx: ToolContext[TrafficPort], args: PoolInput) -> StrategyOutput:
     """The strategy that balances traffic over one of your pools (round_robin until set)."""
     strategy = await ctx.services.traffic.pools.strategy(ctx.caller().user_id, args.pool)
     return StrategyOutput(strategy=strategy, pool=args.pool)
@@ -118,7 +133,7 @@ class StrategySet(StrategyOutput):
 
 
 @tool(scope="lb:write", annotations=Annotations("Set balancing strategy", read_only=False))
-async def set_lb_strategy(ctx: ToolContext, args: SetStrategyInput) -> StrategySet:
+async def set_lb_strategy(ctx: ToolContext[TrafficPort], args: SetStrategyInput) -> StrategySet:
     """Choose how traffic to one of your pools is spread: round_robin (strict rotation), equal_weighted
     (uniformly random), weighted_round_robin (smooth, by GPU FP16 TFLOPS), least_connections (fewest in
     flight) or least_response_time (lowest measured latency x load, of two random candidates). Instances
@@ -150,7 +165,7 @@ class ProxyInput(Input):
 
 
 @asynccontextmanager
-async def open_proxy(ctx: ToolContext, args: ProxyInput) -> AsyncIterator[UpstreamReply]:
+async def open_proxy(ctx: ToolContext[TrafficPort], args: ProxyInput) -> AsyncIterator[UpstreamReply]:
     """The streaming form of ``proxy_request`` (the REST route streams the instance's answer as is)."""
     async with ctx.services.traffic.forward(ctx.caller().user_id, args.call()) as reply:
         yield reply
@@ -170,7 +185,7 @@ class ProxyOutput(BaseModel):
         "Send a request to my instance", read_only=False, idempotent=False, open_world=True
     ),
 )
-async def proxy_request(ctx: ToolContext, args: ProxyInput) -> ProxyOutput:
+async def proxy_request(ctx: ToolContext[TrafficPort], args: ProxyInput) -> ProxyOutput:
     """Send an HTTP request to one of your running GPU instances: to `target` (contract id or instance
     id), or to an instance of a pool chosen by the pool's balancing strategy (target omitted = the
     'default' pool). Only your own running instances can be reached. Returns the instance's status,

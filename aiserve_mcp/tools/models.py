@@ -7,13 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from aiserve_mcp.core.errors import Conflict, ValidationFailed
 from aiserve_mcp.runtime.formats import FORMATS, detect, servability
 from aiserve_mcp.runtime.tensors import to_python
-from aiserve_mcp.serving.tables import ServedModel
-from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
+from aiserve_mcp.tools.common import Input, IntegerNumber, Merged, NoInput, Text
+from aiserve_mcp.tools.ports import NoPorts, ServingPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
 REPLICAS_DOC = "Copies of the model serving requests in parallel (at most AISERVE_MODEL_MAX_REPLICAS)."
@@ -22,7 +22,7 @@ BATCH_DOC = "Most rows one batched run carries (default AISERVE_MODEL_MAX_BATCH)
 DELAY_DOC = "How long an idle replica may wait for a batch to fill, in ms; 0 (default) never waits."
 
 
-def _check_replicas(ctx: ToolContext, replicas: int | None) -> None:
+def _check_replicas(ctx: ToolContext[ServingPort], replicas: int | None) -> None:
     ceiling = ctx.services.settings.model_max_replicas
     if replicas is not None and replicas > ceiling:
         raise ValidationFailed(
@@ -49,7 +49,9 @@ class UploadFields(Input):
 
 
 class UploadOutput(BaseModel):
-    model_id: str
+    model_config = ConfigDict(from_attributes=True)
+
+    model_id: str = Field(validation_alias="id")
     name: str
     format: str
     endpoint: str
@@ -65,7 +67,7 @@ def _safe_name(filename: str | None) -> str:
 
 
 async def upload_model(
-    ctx: ToolContext, fields: UploadFields, chunks: AsyncIterator[bytes], filename: str | None
+    ctx: ToolContext[ServingPort], fields: UploadFields, chunks: AsyncIterator[bytes], filename: str | None
 ) -> UploadOutput:
     """Store an uploaded model file under the caller's quota and start loading it."""
     caller = ctx.caller()
@@ -82,8 +84,9 @@ async def upload_model(
         raise
     serving = servability(found.format, found.variant)
     framework = fields.framework or next(f.framework for f in FORMATS if f.id == found.format)
-    model = ServedModel(
-        user_id=caller.user_id,
+    model = await store.add(
+        caller.user_id,
+        received,
         name=fields.name or _safe_name(filename),
         format=found.format,
         variant=found.variant,
@@ -91,8 +94,6 @@ async def upload_model(
         version=fields.version,
         status="loading" if serving.servable else "stored",
         status_reason=None if serving.servable else serving.reason,
-        size_bytes=received.size_bytes,
-        sha256=received.sha256,
         filename=_safe_name(filename),
         gpu_required=fields.gpu_required,
         gpu_type=fields.gpu_type,
@@ -100,22 +101,21 @@ async def upload_model(
         max_batch_size=fields.max_batch_size,
         max_queue_delay_ms=fields.max_queue_delay_ms,
     )
-    await store.add(model, received)
     if serving.servable:
         ctx.services.model_host.start_loading(model)
-    return UploadOutput(
-        model_id=model.id,
-        name=model.name,
-        format=model.format,
-        endpoint=f"/api/v1/models/{model.id}/predict",
-        status=model.status,
-        message="Model uploaded successfully and loading"
+    message = (
+        "Model uploaded successfully and loading"
         if serving.servable
-        else f"Model stored; it cannot be served here: {serving.reason}",
+        else f"Model stored; it cannot be served here: {serving.reason}"
+    )
+    return UploadOutput.model_validate(
+        Merged(model, endpoint=f"/api/v1/models/{model.id}/predict", message=message)
     )
 
 
 class ModelSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     name: str
     format: str
@@ -129,16 +129,10 @@ class ModelList(BaseModel):
 
 
 @tool(scope="models:read", annotations=Annotations("My models"))
-async def list_models(ctx: ToolContext, args: NoInput) -> ModelList:
+async def list_models(ctx: ToolContext[ServingPort], args: NoInput) -> ModelList:
     """Your uploaded models, newest first, with their format and status."""
     rows = await ctx.services.model_store.list_for(ctx.caller().user_id)
-    return ModelList(
-        models=[
-            ModelSummary(id=r.id, name=r.name, format=r.format, status=r.status, created_at=r.created_at)
-            for r in rows
-        ],
-        count=len(rows),
-    )
+    return ModelList(models=[ModelSummary.model_validate(r) for r in rows], count=len(rows))
 
 
 class ModelRef(Input):
@@ -146,6 +140,8 @@ class ModelRef(Input):
 
 
 class ModelDetails(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # a model's row and what this server measured of it
+
     id: str
     name: str
     format: str
@@ -158,7 +154,7 @@ class ModelDetails(BaseModel):
     max_batch_size: int | None = Field(description="null: the server's default (AISERVE_MODEL_MAX_BATCH).")
     max_queue_delay_ms: float
     total_requests: int
-    average_latency: float | None
+    average_latency: float | None = Field(validation_alias="average_ms")
     error_rate: float
     size_bytes: int
     sha256: str
@@ -171,33 +167,11 @@ class ModelDetails(BaseModel):
 
 
 @tool(scope="models:read", annotations=Annotations("Model details"))
-async def get_model(ctx: ToolContext, args: ModelRef) -> ModelDetails:
+async def get_model(ctx: ToolContext[ServingPort], args: ModelRef) -> ModelDetails:
     """One of your models: status (with the reason when it cannot serve), its input/output signature and
     measured request totals."""
     row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
-    measured = ctx.services.model_host.metrics(row.id)
-    return ModelDetails(
-        id=row.id,
-        name=row.name,
-        format=row.format,
-        variant=row.variant,
-        version=row.version,
-        framework=row.framework,
-        status=row.status,
-        status_reason=row.status_reason,
-        replicas=row.replicas,
-        max_batch_size=row.max_batch_size,
-        max_queue_delay_ms=row.max_queue_delay_ms,
-        total_requests=measured.total_requests,
-        average_latency=measured.average_ms,
-        error_rate=measured.error_rate,
-        size_bytes=row.size_bytes,
-        sha256=row.sha256,
-        gpu_required=row.gpu_required,
-        signature=row.signature,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return ModelDetails.model_validate(Merged(row, ctx.services.model_host.metrics(row.id)))
 
 
 class Message(BaseModel):
@@ -205,7 +179,7 @@ class Message(BaseModel):
 
 
 @tool(scope="models:write", annotations=Annotations("Delete model", read_only=False, destructive=True))
-async def delete_model(ctx: ToolContext, args: ModelRef) -> Message:
+async def delete_model(ctx: ToolContext[ServingPort], args: ModelRef) -> Message:
     """Delete one of your models: its file is removed and its storage returns to your quota."""
     row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
     await ctx.services.model_host.forget(row.id)
@@ -231,7 +205,7 @@ class ServingSettings(ModelRef):
 @tool(
     scope="models:write", annotations=Annotations("Configure model serving", read_only=False, idempotent=True)
 )
-async def configure_model(ctx: ToolContext, args: ServingSettings) -> ModelDetails:
+async def configure_model(ctx: ToolContext[ServingPort], args: ServingSettings) -> ModelDetails:
     """Change how one of your models is served: replicas, batching (max_batch_size, max_queue_delay_ms) or
     gpu_required. Fields left out keep their value. The model is redeployed in the background: its status is
     'loading' until the new replicas answer, then 'ready' (or 'failed' with the reason)."""
@@ -274,7 +248,7 @@ class PredictOutput(BaseModel):
 
 
 @tool(scope="models:read", annotations=Annotations("Run inference", read_only=False, idempotent=True))
-async def predict(ctx: ToolContext, args: PredictInput) -> PredictOutput:
+async def predict(ctx: ToolContext[ServingPort], args: PredictInput) -> PredictOutput:
     """Run one of your ready models. Inputs are checked against its signature (names, dtypes, shapes;
     VALIDATION_ERROR says what was expected); outputs map the model's output names to nested lists.
     metadata.used_gpu is true only when it really ran on a GPU."""
@@ -294,36 +268,26 @@ async def predict(ctx: ToolContext, args: PredictInput) -> PredictOutput:
 
 
 class MetricsOutput(BaseModel):
-    model_id: str
+    model_config = ConfigDict(from_attributes=True)  # a model's row and what this server measured of it
+
+    model_id: str = Field(validation_alias="id")
     name: str
     total_requests: int
-    average_latency: float | None
-    p50_latency: float | None
-    p95_latency: float | None
-    p99_latency: float | None
+    average_latency: float | None = Field(validation_alias="average_ms")
+    p50_latency: float | None = Field(validation_alias="p50_ms")
+    p95_latency: float | None = Field(validation_alias="p95_ms")
+    p99_latency: float | None = Field(validation_alias="p99_ms")
     error_rate: float
     status: str
     replicas: int
 
 
 @tool(scope="models:read", annotations=Annotations("Model metrics"))
-async def get_model_metrics(ctx: ToolContext, args: ModelRef) -> MetricsOutput:
+async def get_model_metrics(ctx: ToolContext[ServingPort], args: ModelRef) -> MetricsOutput:
     """Measured prediction metrics of one of your models on this server: requests, error rate, and
     average/p50/p95/p99 latency in ms over the latest 10,000 predictions (null before the first)."""
     row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
-    measured = ctx.services.model_host.metrics(row.id)
-    return MetricsOutput(
-        model_id=row.id,
-        name=row.name,
-        total_requests=measured.total_requests,
-        average_latency=measured.average_ms,
-        p50_latency=measured.p50_ms,
-        p95_latency=measured.p95_ms,
-        p99_latency=measured.p99_ms,
-        error_rate=measured.error_rate,
-        status=row.status,
-        replicas=row.replicas,
-    )
+    return MetricsOutput.model_validate(Merged(row, ctx.services.model_host.metrics(row.id)))
 
 
 class FormatOut(BaseModel):
@@ -341,7 +305,7 @@ class FormatList(BaseModel):
 
 
 @tool(scope=None, annotations=Annotations("Model formats"))
-async def list_model_formats(ctx: ToolContext, args: NoInput) -> FormatList:
+async def list_model_formats(ctx: ToolContext[NoPorts], args: NoInput) -> FormatList:
     """The 13 model formats this platform recognises, with extensions and framework, and whether this
     server can serve each one now (formats are detected from file contents, not names)."""
     formats = []
@@ -361,6 +325,8 @@ async def list_model_formats(ctx: ToolContext, args: NoInput) -> FormatList:
 
 
 class StorageQuota(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     used_bytes: int
     limit_bytes: int
     used_pct: float
@@ -371,6 +337,8 @@ class FileSizeQuota(BaseModel):
 
 
 class UploadRateQuota(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     uploads_last_hour: int
     hourly_limit: int
     uploads_last_day: int
@@ -384,28 +352,20 @@ class QuotaOutput(BaseModel):
     rate_limits: UploadRateQuota
 
 
-async def quota_of(ctx: ToolContext, user_id: str) -> QuotaOutput:
+async def quota_of(ctx: ToolContext[ServingPort], user_id: str) -> QuotaOutput:
     """``user_id``'s model storage and upload quota, as ``get_quota`` and the account export show it."""
     quota = await ctx.services.model_store.quota(user_id)
+    used_pct = round(quota.used_bytes / quota.limit_bytes * 100, 2)
     return QuotaOutput(
         user_id=user_id,
-        storage=StorageQuota(
-            used_bytes=quota.used_bytes,
-            limit_bytes=quota.limit_bytes,
-            used_pct=round(quota.used_bytes / quota.limit_bytes * 100, 2),
-        ),
+        storage=StorageQuota.model_validate(Merged(quota, used_pct=used_pct)),
         file_size=FileSizeQuota(max_bytes=quota.max_file_bytes),
-        rate_limits=UploadRateQuota(
-            uploads_last_hour=quota.uploads_last_hour,
-            hourly_limit=quota.hourly_limit,
-            uploads_last_day=quota.uploads_last_day,
-            daily_limit=quota.daily_limit,
-        ),
+        rate_limits=UploadRateQuota.model_validate(quota),
     )
 
 
 @tool(scope="models:read", annotations=Annotations("Storage quota"))
-async def get_quota(ctx: ToolContext, args: NoInput) -> QuotaOutput:
+async def get_quota(ctx: ToolContext[ServingPort], args: NoInput) -> QuotaOutput:
     """Your model storage: bytes used and allowed (whole bytes), the largest file accepted, and uploads in
     the last hour and day against their limits."""
     return await quota_of(ctx, ctx.caller().user_id)

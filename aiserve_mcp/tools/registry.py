@@ -11,9 +11,10 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Generic, TypeVar, get_type_hints
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar as DefaultedTypeVar
 
 from aiserve_mcp.core.errors import AuthRequired, Forbidden, NotFound
 from aiserve_mcp.core.principal import Principal
@@ -46,11 +47,17 @@ class Surface(StrEnum):
     KQML = "kqml"
 
 
-@dataclass
-class ToolContext:
-    """What a tool knows about its call: the services, the caller, and where the call came from."""
+# The ports a tool uses (``ToolContext[GpuPort]``); adapters hold every port (plain ``ToolContext``). A
+# context with every port can be passed to a tool that needs fewer, so the variable is covariant.
+Uses_co = DefaultedTypeVar("Uses_co", covariant=True, default=Ports)
 
-    services: Ports
+
+@dataclass
+class ToolContext(Generic[Uses_co]):
+    """What a tool knows about its call: the services it may use, the caller, and where the call came
+    from."""
+
+    services: Uses_co
     principal: Principal | None
     surface: Surface
     client_address: str | None = None
@@ -68,9 +75,25 @@ class ToolContext:
             await self.progress(done, total, message)
 
 
-In = TypeVar("In", bound=BaseModel)
-Out = TypeVar("Out", bound=BaseModel)
 ToolFn = Callable[[ToolContext, Any], Awaitable[BaseModel]]
+Fn = TypeVar("Fn", bound=ToolFn)
+
+
+def authorize(principal: Principal | None, action: str, scope: str | None, admin_only: bool = False) -> None:
+    """Raise unless ``principal`` may do ``action`` (a tool's name), which needs ``scope`` (``None``: anyone,
+    no login needed) and, with ``admin_only``, an administrator."""
+    if scope is None:
+        return
+    if principal is None:
+        raise AuthRequired(
+            f"'{action}' needs authentication: send 'Authorization: Bearer <token or API key>'"
+        )
+    if admin_only and not principal.is_admin:
+        raise Forbidden(f"'{action}' is for administrators only")
+    if not principal.has_scope(scope):
+        raise Forbidden(
+            f"this API key lacks the '{scope}' scope that '{action}' needs", {"required_scope": scope}
+        )
 
 
 @dataclass(frozen=True)
@@ -87,19 +110,7 @@ class Tool:
 
     def authorize(self, principal: Principal | None) -> None:
         """Raise unless ``principal`` may call this tool."""
-        if self.scope is None:
-            return
-        if principal is None:
-            raise AuthRequired(
-                f"'{self.name}' needs authentication: send 'Authorization: Bearer <token or API key>'"
-            )
-        if self.admin_only and not principal.is_admin:
-            raise Forbidden(f"'{self.name}' is for administrators only")
-        if not principal.has_scope(self.scope):
-            raise Forbidden(
-                f"this API key lacks the '{self.scope}' scope that '{self.name}' needs",
-                {"required_scope": self.scope},
-            )
+        authorize(principal, self.name, self.scope, admin_only=self.admin_only)
 
     def visible_to(self, principal: Principal | None) -> bool:
         """Whether an agent acting as ``principal`` should see this tool in a listing."""
@@ -148,13 +159,11 @@ class ToolRegistry:
         annotations: Annotations,
         admin_only: bool = False,
         agent_visible: bool = True,
-    ) -> Callable[[Callable[[ToolContext, In], Awaitable[Out]]], Callable[[ToolContext, In], Awaitable[Out]]]:
+    ) -> Callable[[Fn], Fn]:
         """Register the decorated function; its models come from its type hints, its description from its
         docstring."""
 
-        def register(
-            fn: Callable[[ToolContext, In], Awaitable[Out]],
-        ) -> Callable[[ToolContext, In], Awaitable[Out]]:
+        def register(fn: Fn) -> Fn:
             hints = get_type_hints(fn)
             params = list(inspect.signature(fn).parameters)
             if len(params) != 2:

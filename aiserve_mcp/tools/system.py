@@ -6,10 +6,12 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
 from aiserve_mcp.tools.common import NoInput
+from aiserve_mcp.tools.ports import GpuPort, ServingPort, SystemPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 from aiserve_mcp.worker.bundle import BundleInfo, worker_bundle
 
@@ -50,7 +52,7 @@ async def _timed(probe: Awaitable[object]) -> DependencyCheck:
 
 
 @tool(scope=None, annotations=Annotations("Health"))
-async def system_health(ctx: ToolContext, args: NoInput) -> HealthOutput:
+async def system_health(ctx: ToolContext[SystemPort], args: NoInput) -> HealthOutput:
     """Check the platform's dependencies: the database always, Redis when one is configured. Status is
     'unhealthy' (HTTP 503) when a configured dependency does not answer within 2 seconds; its check then
     names the error and what works differently until it is back."""
@@ -80,8 +82,12 @@ class StatsOutput(BaseModel):
     uptime_s: float
 
 
+class StatsPorts(SystemPort, GpuPort, ServingPort, Protocol):
+    """What the statistics count: this process, the active GPU contracts and the models loaded."""
+
+
 @tool(scope=None, annotations=Annotations("Statistics"))
-async def system_stats(ctx: ToolContext, args: NoInput) -> StatsOutput:
+async def system_stats(ctx: ToolContext[StatsPorts], args: NoInput) -> StatsOutput:
     """Live statistics of this server process: request totals and rate, open connections, active GPU
     instances and loaded models."""
     telemetry = ctx.services.telemetry
@@ -96,7 +102,7 @@ async def system_stats(ctx: ToolContext, args: NoInput) -> StatsOutput:
     )
 
 
-async def worker_bundle_file(ctx: ToolContext) -> BundleInfo:
+async def worker_bundle_file(ctx: ToolContext[SystemPort]) -> BundleInfo:
     """The worker bundle rented machines install (``GET /api/v1/worker/bundle``): a wheel of this server's
     own installation, built once per process. Public: it holds no secrets, only the platform's code."""
     return await worker_bundle(ctx.services.settings.data_dir).info()

@@ -91,6 +91,7 @@ class InstanceLoad:
     contract: GpuContract
     weight: float
     load: BackendLoad
+    share: float  # of the pool's requests in flight, 0-1 (0 when none are)
 
 
 def weight_of(contract: GpuContract) -> float:
@@ -204,7 +205,13 @@ class Traffic:
     async def loads(self, user_id: str, pool: str) -> list[InstanceLoad]:
         contracts = await self.running(user_id, pool)
         measured = await self._balancer.loads(_key(user_id, pool), [c.id for c in contracts])
-        return [InstanceLoad(c, weight_of(c), measured[c.id]) for c in contracts]
+        in_flight = sum(measured[c.id].in_flight for c in contracts)
+        return [
+            InstanceLoad(
+                c, weight_of(c), measured[c.id], measured[c.id].in_flight / in_flight if in_flight else 0.0
+            )
+            for c in contracts
+        ]
 
     async def _targets(self, user_id: str, target: str | None) -> tuple[str, list[GpuContract]]:
         """The pool and the candidate contracts for ``target`` (None: the default pool): running ones whose

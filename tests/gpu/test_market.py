@@ -20,7 +20,7 @@ from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from tests.conftest import Account, app_client, asgi_client, funded, running, serve, sign_up
-from tests.fakes.ionet_api.server import ionet_app
+from tests.fakes.ionet_api.server import API, ionet_app
 from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
 
@@ -191,6 +191,7 @@ async def test_rent_refresh_and_destroy_an_owned_instance(
     assert datetime.fromisoformat(contract["expires_at"]) - created_at == timedelta(hours=2)
     payload = market.vast.create_payloads["101"]
     assert payload["label"] == contract["contract_id"] and payload["cancel_unavail"] is True
+    assert searches(market.vast) == 1  # one look at the offer before the create, not one per layer
 
     path = f"/api/v1/gpu/contracts/{contract['contract_id']}"
     refreshed = (await http.get(path, headers=owner.headers)).json()
@@ -261,6 +262,14 @@ async def test_ionet_rent_is_prepaid_and_destroyed_on_request(
     contract = rented.json()
     assert contract["billing"] == "prepaid" and contract["estimated_cost"] == pytest.approx(1.8)
     assert contract["instance_id"] in market.ionet.deployments
+    assert [path for _, path in market.ionet.requests if path.endswith("/hardware")] == [
+        f"{API}/hardware"
+    ]  # one look at the offer before the deploy
+    for unavailable in ("31__4", "99__1"):  # sold out, unknown
+        path = f"/api/v1/gpu/instances/ionet/{unavailable}"
+        refused = await http.post(path, json={}, headers=owner.headers)
+        assert refused.status_code == 409 and "no longer available" in refused.json()["error"]
+    assert len(market.ionet.deployments) == 1
     listed = (await http.get("/api/v1/gpu/contracts", headers=owner.headers)).json()
     assert listed["contracts"][0]["status"] == "running" and listed["contracts"][0]["endpoint"]
     gone = await http.delete(f"/api/v1/gpu/instances/ionet/{contract['contract_id']}", headers=owner.headers)

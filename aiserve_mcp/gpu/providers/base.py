@@ -64,7 +64,7 @@ class Offer:
 
 @dataclass(frozen=True)
 class RentRequest:
-    offer_id: str
+    offer: Offer  # as the provider showed it moments before, when the market checked it is available
     duration_hours: int
     label: str  # this platform's contract id, shown in the provider's console
     env: dict[str, str] = field(default_factory=dict)
@@ -107,7 +107,7 @@ class Provider(Protocol):
         ...
 
     async def rent(self, request: RentRequest) -> Rental:
-        """Rent ``request.offer_id``; leaves nothing billing if it fails."""
+        """Rent ``request.offer`` (without asking for it again); leaves nothing billing if it fails."""
         ...
 
     async def status(self, instance_id: str) -> InstanceState:

@@ -3,7 +3,7 @@ destroy.
 
 io.net's VM API has no image, environment or command field, so a rented VM could never start the worker;
 its container API can. Reading of the API (``https://api.io.solutions/enterprise/v1/io-cloud/caas``,
-io.net/docs/reference/caas/*, the official SDK ``ionet-cloud``; details in ``tests/fakes/ionet_server.py``):
+io.net/docs/reference/caas/*, the official SDK ``ionet-cloud``; details in ``tests/fakes/ionet_api/``):
 
 - ``GET /hardware`` answers ``{"data": {"hardware": [row, ...]}}``; a row is one rentable configuration:
   ``id`` (``"12__2"``), the integer ``hardware_id`` a deploy takes, ``num_cards`` GPUs of ``vram_per_card``
@@ -35,7 +35,6 @@ from urllib.parse import quote
 
 import httpx
 
-from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.gpu.catalog import normalise_name
 from aiserve_mcp.gpu.providers.base import (
     Billing,
@@ -53,7 +52,6 @@ from aiserve_mcp.worker.bundle import WORKER_PORT
 
 NAME = "ionet"
 API = "/enterprise/v1/io-cloud/caas"
-MAX_DURATION_HOURS = 8760
 IMAGE = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime"  # python3 and CUDA torch; the script adds the rest
 ENTRYPOINT = ["/bin/sh", "-c"]  # the start-up script is the one argument
 
@@ -174,7 +172,7 @@ class IoNetProvider(HttpMarketplace):
 
     @staticmethod
     def _about(request: RentRequest) -> dict[str, Any]:
-        return {"provider": NAME, "offer_id": request.offer_id}
+        return {"provider": NAME, "offer_id": request.offer.offer_id}
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -228,7 +226,7 @@ class IoNetProvider(HttpMarketplace):
             ):
                 return place_id
         raise OfferUnavailable(
-            f"io.net offer {request.offer_id} is sold out in {offer.location or 'its location'}",
+            f"io.net offer {offer.offer_id} is sold out in {offer.location or 'its location'}",
             self._about(request),
         )
 
@@ -236,17 +234,9 @@ class IoNetProvider(HttpMarketplace):
         """Deploy one container of the offer for ``duration_hours``, paid up front. Refusals (4xx, or
         ``{"status": "failed"}``) raise ``OfferUnavailable`` with io.net's reason; 5xx raise
         ``ProviderFailed`` and are never retried."""
-        if not 1 <= request.duration_hours <= MAX_DURATION_HOURS:
-            raise ValidationFailed(
-                f"io.net rents for 1 to {MAX_DURATION_HOURS} hours",
-                {"provider": NAME, "duration_hours": request.duration_hours},
-            )
         self._require()
         script = await self._start_script()
-        offer = await self.get_offer(request.offer_id)
-        if offer is None or not offer.available:
-            state = "gone" if offer is None else "sold out"
-            raise OfferUnavailable(f"io.net offer {request.offer_id} is {state}", self._about(request))
+        offer = request.offer
         location_id = await self._location_id(offer, request)
         token = secrets.token_urlsafe(24)  # the worker answers only callers that present it
         body: dict[str, Any] = {

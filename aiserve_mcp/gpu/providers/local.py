@@ -310,14 +310,15 @@ class LocalProvider:
         return next((self._offer(d) for d in await self._devices() if d.offer_id == offer_id), None)
 
     async def rent(self, request: RentRequest) -> Rental:
-        async with self._lock:
-            offer = await self.get_offer(request.offer_id)
+        offer_id = request.offer.offer_id
+        async with self._lock:  # the slot may have been rented since the market saw it free
+            offer = await self.get_offer(offer_id)
             if offer is None or not offer.available:
                 raise OfferUnavailable(
-                    f"local offer '{request.offer_id}' is {'unknown' if offer is None else 'already rented'}",
-                    {"provider": self.name, "offer_id": request.offer_id},
+                    f"local offer '{offer_id}' is {'unknown' if offer is None else 'already rented'}",
+                    {"provider": self.name, "offer_id": offer_id},
                 )
-            device = next(d for d in await self._devices() if d.offer_id == request.offer_id)
+            device = next(d for d in await self._devices() if d.offer_id == offer_id)
             try:
                 started = await start_worker(
                     visible_devices=device.visible_devices, extra_env=request.env, contract_id=request.label

@@ -215,12 +215,7 @@ class VastAiProvider(HttpMarketplace):
     async def rent(self, request: RentRequest) -> Rental:
         self._require()
         onstart = await self._onstart()
-        offer = await self.get_offer(request.offer_id)
-        if offer is None or not offer.available:
-            raise OfferUnavailable(
-                f"vast.ai offer {request.offer_id} is no longer available",
-                {"provider": NAME, "offer_id": request.offer_id},
-            )
+        offer = request.offer
         token = secrets.token_urlsafe(24)  # the worker answers only callers that present it
         payload = {
             **CREATE_DEFAULTS,
@@ -230,7 +225,7 @@ class VastAiProvider(HttpMarketplace):
             "label": request.label,
             "onstart": onstart,
         }
-        path = f"/api/v0/asks/{request.offer_id}/"
+        path = f"/api/v0/asks/{offer.offer_id}/"
         try:
             response = await self._request("PUT", path, json=payload, final_5xx=True, idempotent=False)
         except ProviderFailed:
@@ -249,7 +244,7 @@ class VastAiProvider(HttpMarketplace):
             await self._discard(str(contract))
         reason = str(body.get("msg") or body.get("error") or response.text[:200] or "refused")
         status = response.status_code
-        details = {"provider": NAME, "offer_id": request.offer_id, "upstream_status": status}
+        details = {"provider": NAME, "offer_id": offer.offer_id, "upstream_status": status}
         if (
             status >= 500
             or status in (401, 402, 403)
@@ -258,7 +253,7 @@ class VastAiProvider(HttpMarketplace):
             if not contract and status not in (401, 402, 403):
                 await self._sweep(request.label)
             raise ProviderFailed(f"vast.ai could not create the instance: {reason}", details)
-        raise OfferUnavailable(f"vast.ai refused offer {request.offer_id}: {reason}", details)
+        raise OfferUnavailable(f"vast.ai refused offer {offer.offer_id}: {reason}", details)
 
     async def _discard(self, instance_id: str) -> None:
         """Best-effort destroy of an instance a failed create left behind."""
