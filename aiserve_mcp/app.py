@@ -18,7 +18,7 @@ from aiserve_mcp.core.events import publish_forever
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.a2a.surface import A2aSurface
 from aiserve_mcp.protocols.a2a.task_store import DatabaseA2aTaskStore
-from aiserve_mcp.protocols.admission import ApiGatewayMiddleware, ErrorBoundary, TelemetryMiddleware
+from aiserve_mcp.protocols.admission import AdmissionMiddleware, ErrorBoundary, TelemetryMiddleware
 from aiserve_mcp.protocols.agent_door.door import AgentDoor
 from aiserve_mcp.protocols.mcp.http import McpHttpTransports, request_address_resolver, request_principal
 from aiserve_mcp.protocols.mcp.server import build_mcp_server
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(ErrorBoundary),
             Middleware(PredictFastPath, registry=REGISTRY),
             Middleware(TelemetryMiddleware),
-            Middleware(ApiGatewayMiddleware),
+            Middleware(AdmissionMiddleware),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,

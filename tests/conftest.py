@@ -206,12 +206,16 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
         yield LiveServer(url, app)
 
 
-async def until_healthy(url: str, process: subprocess.Popen[Any]) -> None:
+async def until_healthy(url: str, process: subprocess.Popen[Any], log: Path | None = None) -> None:
     """Wait (30 s at most) until the server ``process`` started answers ``GET /health`` with 200; fail at
-    once if it exits."""
+    once if it exits, with what it wrote to ``log`` when given."""
     async with httpx.AsyncClient() as http:
         for _ in range(600):
-            assert process.poll() is None, f"server exited with {process.returncode}"
+            if process.poll() is not None:
+                exited = f"server exited with {process.returncode}"
+                if log:
+                    exited += f": {await asyncio.to_thread(log.read_text, errors='replace')}"
+                raise AssertionError(exited)
             try:
                 if (await http.get(f"{url}/health")).status_code == 200:
                     return

@@ -1,20 +1,24 @@
-"""ASGI middleware in front of every route: telemetry, then authentication and rate limiting on the API."""
+"""HTTP admission: the ASGI middleware in front of every route (the error boundary, telemetry, then
+authentication and rate limiting on the API), and its steps for a route answered before the middleware
+(``rest_compat.fast_predict``)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiserve_mcp.core.errors import AiserveError, AuthInvalid, RateLimited
 from aiserve_mcp.core.outages import unexpected
 from aiserve_mcp.core.ratelimit import Budget
-from aiserve_mcp.protocols.prelude import client_address, error_response, services_of
+from aiserve_mcp.protocols.prelude import ResponseStart, client_address, error_response, services_of
 
 API_PREFIX = "/api/v1"
-GATED_PREFIXES = (API_PREFIX, "/v2")  # the REST API and the Open Inference Protocol
+ADMITTED_PREFIXES = (API_PREFIX, "/v2")  # the REST API and the Open Inference Protocol
 
 
 class ErrorBoundary:
@@ -29,17 +33,11 @@ class ErrorBoundary:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        watched = ResponseStart(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, watched)
         except Exception as exc:
-            if started:  # the status line is out: all that is left is to end the connection
+            if watched.started:  # the status line is out: all that is left is to end the connection
                 raise
             error = unexpected(exc, f"{scope['method']} {scope['path']}")
             await error_response(error)(scope, receive, send)
@@ -55,23 +53,25 @@ class TelemetryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        telemetry = services_of(scope).telemetry
-        status = 500
-        started = time.perf_counter()
+        with measured(scope, send) as watched:
+            await self.app(scope, receive, watched)
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
-        telemetry.request_started()
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
-            telemetry.request_finished(scope["method"], label, status, time.perf_counter() - started)
+@contextmanager
+def measured(scope: Scope, send: Send, route: str | None = None) -> Iterator[Send]:
+    """Count the request and measure its duration, labelled by ``route`` (by default the template of the
+    route that answered it, ``unmatched`` when none did) and by the status it was answered with (500 when
+    it never answered). Yields the ``send`` that records the status."""
+    telemetry = services_of(scope).telemetry
+    watched = ResponseStart(send)
+    started = time.perf_counter()
+    telemetry.request_started()
+    try:
+        yield watched
+    finally:
+        label = route or getattr(scope.get("route"), "path", None) or "unmatched"
+        status = 500 if watched.status is None else watched.status
+        telemetry.request_finished(scope["method"], label, status, time.perf_counter() - started)
 
 
 def bearer_credential(headers: Headers) -> str | None:
@@ -105,7 +105,7 @@ async def admit(scope: Scope) -> Budget:
     return await services.rate_limiter.spend(key, settings.rate_limit)
 
 
-def refusal(scope: Scope, error: AiserveError) -> Response:
+def refusal_response(scope: Scope, error: AiserveError) -> Response:
     """The error response for a refused admission, with the rate-limit headers when it is a 429."""
     services = services_of(scope)
     headers = {}
@@ -119,7 +119,18 @@ def refusal(scope: Scope, error: AiserveError) -> Response:
     return error_response(error, headers)
 
 
-class ApiGatewayMiddleware:
+async def admitted(scope: Scope, receive: Receive, send: Send) -> Send | None:
+    """Admit the request (``admit``): the ``send`` that reports the caller's budget in ``X-RateLimit-*``
+    headers, or ``None`` once a refusal has been answered."""
+    try:
+        budget = await admit(scope)
+    except AiserveError as exc:
+        await refusal_response(scope, exc)(scope, receive, send)
+        return None
+    return ResponseStart(send, lambda headers: headers.update(budget.headers()))
+
+
+class AdmissionMiddleware:
     """On ``/api/v1`` and ``/v2``: resolve the caller (bad credentials are refused at once; missing ones
     are left to each route), then spend one request of the caller's budget (per user, or per address
     when anonymous) and report it in ``X-RateLimit-*`` headers."""
@@ -128,18 +139,9 @@ class ApiGatewayMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(GATED_PREFIXES):
+        if scope["type"] != "http" or not scope["path"].startswith(ADMITTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        try:
-            budget = await admit(scope)
-        except AiserveError as exc:
-            await refusal(scope, exc)(scope, receive, send)
-            return
-
-        async def send_with_budget(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(budget.headers())
-            await send(message)
-
-        await self.app(scope, receive, send_with_budget)
+        budget_send = await admitted(scope, receive, send)
+        if budget_send is not None:
+            await self.app(scope, receive, budget_send)

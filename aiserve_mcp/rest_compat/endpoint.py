@@ -14,18 +14,17 @@ from starlette.routing import Route
 
 from aiserve_mcp.core.errors import AiserveError
 from aiserve_mcp.protocols.prelude import (
-    client_address,
     error_response,
-    principal_of,
     read_body,
     read_json_object,
     services_of,
+    tool_context,
 )
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
 from aiserve_mcp.rest_compat.worker_bundle import bundle_routes
 from aiserve_mcp.tools.billing import handle_payment_webhook
-from aiserve_mcp.tools.registry import Surface, ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Surface, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool, parse_input
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -91,18 +90,10 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     needs_body = route.needs_body(tool.input_model)
 
     async def endpoint(request: Request) -> Response:
-        services = services_of(request.scope)
+        limit = services_of(request.scope).settings.max_request_body_bytes
         try:
-            arguments = await bind_arguments(
-                request, fields, services.settings.max_request_body_bytes, route.headers, needs_body
-            )
-            ctx = ToolContext(
-                services=services,
-                principal=principal_of(request.scope),
-                surface=Surface.REST,
-                client_address=client_address(request.scope, services.settings.trust_forwarded_for),
-            )
-            result = await call_tool(tool, arguments, ctx)
+            arguments = await bind_arguments(request, fields, limit, route.headers, needs_body)
+            result = await call_tool(tool, arguments, tool_context(request.scope, Surface.REST))
         except AiserveError as exc:
             return error_response(exc)
         status = route.status_of(result) if route.status_of else route.status
@@ -120,19 +111,12 @@ def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     open_stream = route.stream
 
     async def endpoint(request: Request) -> Response:
-        services = services_of(request.scope)
+        limit = services_of(request.scope).settings.max_request_body_bytes
         stack = AsyncExitStack()
         try:
-            limit = services.settings.max_request_body_bytes
             arguments = await bind_arguments(request, fields, limit, body_required=needs_body)
-            principal = principal_of(request.scope)
-            tool.authorize(principal)
-            ctx = ToolContext(
-                services=services,
-                principal=principal,
-                surface=Surface.REST,
-                client_address=client_address(request.scope, services.settings.trust_forwarded_for),
-            )
+            ctx = tool_context(request.scope, Surface.REST)
+            tool.authorize(ctx.principal)
             reply = await stack.enter_async_context(open_stream(ctx, parse_input(tool, arguments)))
         except AiserveError as exc:
             await stack.aclose()
@@ -156,10 +140,10 @@ def stream_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
 async def payment_webhook(request: Request) -> Response:
     """``POST /api/v1/billing/webhook``: the payment gateway's signed event (no login; the signature is
     the credential)."""
-    services = services_of(request.scope)
+    limit = services_of(request.scope).settings.max_request_body_bytes
     try:
-        payload = await read_body(request, services.settings.max_request_body_bytes)
-        ctx = ToolContext(services=services, principal=None, surface=Surface.WEBHOOK)
+        payload = await read_body(request, limit)
+        ctx = tool_context(request.scope, Surface.WEBHOOK)
         out = await handle_payment_webhook(ctx, payload, request.headers.get("stripe-signature"))
     except AiserveError as exc:
         return error_response(exc)

@@ -2,16 +2,15 @@
 
 Predictions are the platform's hottest route, and at a few microseconds of model time the cost of a
 request is the stack around it. This ASGI layer answers that one route directly, doing exactly what the
-generic path does in fewer steps: the same telemetry, the same gateway admission (authentication and the
-rate limit, :func:`admit`), the same tool run through :func:`call_tool` (authorization, input model,
-metrics), the same error bodies; JSON is parsed and written with orjson, and output arrays are written
-straight from numpy. Every other request passes through untouched.
+generic path does in fewer steps: the same telemetry (:func:`measured`), the same HTTP admission
+(authentication and the rate limit, :func:`admitted`), the same tool run through :func:`call_tool`
+(authorization, input model, metrics), the same error bodies; JSON is parsed and written with orjson, and
+output arrays are written straight from numpy. Every other request passes through untouched.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,11 +19,11 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiserve_mcp.core.errors import AiserveError, error_body, error_headers, kind_of
-from aiserve_mcp.protocols.admission import admit, refusal
-from aiserve_mcp.protocols.prelude import client_address, principal_of, read_json_object, services_of
+from aiserve_mcp.protocols.admission import admitted, measured
+from aiserve_mcp.protocols.prelude import read_json_object, services_of, tool_context
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.runtime.tensors import to_python
-from aiserve_mcp.tools.registry import Surface, ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Surface, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 TOOL = "predict"
@@ -58,31 +57,16 @@ class PredictFastPath:
         ):
             await self.app(scope, receive, send)
             return
-        services = services_of(scope)
-        telemetry = services.telemetry
-        started = time.perf_counter()
-        status = 500
-        telemetry.request_started()
-        try:
-            try:
-                budget = await admit(scope)
-            except AiserveError as exc:
-                response = refusal(scope, exc)
-                status = response.status_code
-                await response(scope, receive, send)
+        with measured(scope, send, ROUTE.path) as measured_send:
+            budget_send = await admitted(scope, receive, measured_send)
+            if budget_send is None:
                 return
-            headers = [JSON, *((k.encode(), v.encode()) for k, v in budget.headers().items())]
+            headers = [JSON]
             try:
-                limit = services.settings.max_request_body_bytes
+                limit = services_of(scope).settings.max_request_body_bytes
                 arguments = await read_json_object(Request(scope, receive), limit)
                 arguments.update({k: unquote(v) for k, v in match.groupdict().items()})
-                ctx = ToolContext(
-                    services=services,
-                    principal=principal_of(scope),
-                    surface=Surface.REST,
-                    client_address=client_address(scope, services.settings.trust_forwarded_for),
-                )
-                result = await call_tool(self._tool, arguments, ctx)
+                result = await call_tool(self._tool, arguments, tool_context(scope, Surface.REST))
                 body = _dumps(dict(result))  # shallow: the output model's fields are plain JSON or arrays
                 status = ROUTE.status
             except AiserveError as exc:
@@ -90,7 +74,5 @@ class PredictFastPath:
                 status = kind_of(exc).http_status
                 headers += [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-        finally:
-            telemetry.request_finished("POST", ROUTE.path, status, time.perf_counter() - started)
+            await budget_send({"type": "http.response.start", "status": status, "headers": headers})
+            await budget_send({"type": "http.response.body", "body": body})

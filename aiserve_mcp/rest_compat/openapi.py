@@ -17,7 +17,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from aiserve_mcp import __version__
 from aiserve_mcp.core.errors import ERROR_TABLE
-from aiserve_mcp.protocols.admission import GATED_PREFIXES
+from aiserve_mcp.protocols.admission import ADMITTED_PREFIXES
 from aiserve_mcp.rest_compat.endpoint import WEBHOOK_PATH
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import SCOPE as UPLOAD_SCOPE
@@ -89,14 +89,14 @@ def _parameter(name: str, where: str, schema: dict[str, Any], required: bool) ->
 
 def _error_statuses(route: RestRoute, tool: Tool) -> set[int]:
     """What a route answers besides success: 400 when it takes input, 413 for a body, 401 and 429 where
-    the gateway authenticates and rate-limits, 401 and 403 for tools that need a scope, and the tool's
+    HTTP admission authenticates and rate-limits, 401 and 403 for tools that need a scope, and the tool's
     own statuses from the route table."""
     statuses = {*ALWAYS, *route.errors}
     if tool.input_model.model_fields or route.method in BODY_METHODS:
         statuses.add(400)
     if route.method in BODY_METHODS:
         statuses.add(413)
-    if route.path.startswith(GATED_PREFIXES):
+    if route.path.startswith(ADMITTED_PREFIXES):
         statuses |= {401, 429}
     if tool.scope is not None:
         statuses |= {401, 403}

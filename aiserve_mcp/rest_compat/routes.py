@@ -26,7 +26,7 @@ Stream = Callable[[ToolContext, Any], AbstractAsyncContextManager[UpstreamReply]
 @dataclass(frozen=True)
 class RestRoute:
     """One route. ``errors`` are the error statuses its tool answers beyond those every route of its kind
-    may (400 for input, 401/403 for a scope, 413 for a body, 401/429 at the gateway, 500/503), for the
+    may (400 for input, 401/403 for a scope, 413 for a body, 401/429 at admission, 500/503), for the
     OpenAPI document."""
 
     method: str

@@ -10,16 +10,17 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aiserve_mcp.core.errors import AiserveError, AuthRequired, Forbidden, PayloadTooLarge, ValidationFailed
-from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, services_of
+from aiserve_mcp.core.errors import AiserveError, PayloadTooLarge, ValidationFailed
+from aiserve_mcp.protocols.prelude import error_response, principal_of, services_of, tool_context
 from aiserve_mcp.tools.models import UploadFields, upload_model
-from aiserve_mcp.tools.registry import Surface, ToolContext
+from aiserve_mcp.tools.registry import Surface, authorize
 from aiserve_mcp.tools.runner import validation_details
 
 UPLOAD_PATH = "/api/v1/models/upload"
 SCOPE = "models:write"
 FORM_OVERHEAD_BYTES = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+MULTIPART_ONLY = "send the model as multipart/form-data with the file in the 'model' field"
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -37,19 +38,12 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 
 async def model_upload(request: Request) -> Response:
-    services = services_of(request.scope)
-    principal = principal_of(request.scope)
     form = None
     try:
-        if principal is None:
-            raise AuthRequired("authentication required: send 'Authorization: Bearer <token or API key>'")
-        if not principal.has_scope(SCOPE):
-            raise Forbidden(
-                f"this API key lacks the '{SCOPE}' scope that uploads need", {"required_scope": SCOPE}
-            )
+        authorize(principal_of(request.scope), upload_model.__name__, SCOPE)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ValidationFailed("send the model as multipart/form-data with the file in the 'model' field")
-        limit = services.settings.model_max_file_bytes + FORM_OVERHEAD_BYTES
+            raise ValidationFailed(MULTIPART_ONLY)
+        limit = services_of(request.scope).settings.model_max_file_bytes + FORM_OVERHEAD_BYTES
         parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=10)
         try:
             form = await parser.parse()
@@ -63,13 +57,9 @@ async def model_upload(request: Request) -> Response:
             fields = UploadFields.model_validate(values)
         except ValidationError as exc:
             raise ValidationFailed("invalid upload fields", validation_details(exc)) from None
-        ctx = ToolContext(
-            services=services,
-            principal=principal,
-            surface=Surface.REST,
-            client_address=client_address(request.scope, services.settings.trust_forwarded_for),
+        out = await upload_model(
+            tool_context(request.scope, Surface.REST), fields, _chunks(upload), upload.filename
         )
-        out = await upload_model(ctx, fields, _chunks(upload), upload.filename)
     except AiserveError as exc:
         return error_response(exc)
     finally:

@@ -2,7 +2,7 @@
 ``GET /api/v1/worker/bundle.sha256``: its SHA-256 in ``sha256sum`` form.
 
 Both are public (the wheel is the platform's own code and holds no secrets) and, like every ``/api/v1``
-route, rate limited by the gateway. A machine does not trust the download by where it came from: its
+route, rate limited by HTTP admission. A machine does not trust the download by where it came from: its
 start-up script carries the hash fixed at rent time and refuses any other file.
 """
 
@@ -17,8 +17,8 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from aiserve_mcp.core.errors import AiserveError
-from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, services_of
-from aiserve_mcp.tools.registry import Surface, ToolContext
+from aiserve_mcp.protocols.prelude import error_response, tool_context
+from aiserve_mcp.tools.registry import Surface
 from aiserve_mcp.tools.system import worker_bundle_file
 from aiserve_mcp.worker.bundle import BUNDLE_PATH, BundleInfo
 
@@ -27,14 +27,7 @@ WHEEL_TYPE = "application/octet-stream"
 
 
 async def _bundle(request: Request) -> BundleInfo:
-    services = services_of(request.scope)
-    ctx = ToolContext(
-        services=services,
-        principal=principal_of(request.scope),
-        surface=Surface.REST,
-        client_address=client_address(request.scope, services.settings.trust_forwarded_for),
-    )
-    return await worker_bundle_file(ctx)
+    return await worker_bundle_file(tool_context(request.scope, Surface.REST))
 
 
 def _digest_headers(bundle: BundleInfo) -> dict[str, str]:

@@ -19,7 +19,7 @@ from aiserve_mcp.core.errors import (
     kind_of,
 )
 from aiserve_mcp.core.settings import Settings
-from aiserve_mcp.protocols.mcp.server import refusal
+from aiserve_mcp.protocols.mcp.server import refusal_result
 from aiserve_mcp.tools.common import NoInput
 from aiserve_mcp.tools.registry import Annotations, Surface, Tool, ToolContext
 from aiserve_mcp.tools.runner import call_tool
@@ -51,7 +51,7 @@ def test_every_error_class_renders_the_spec_body(error_class: type[AiserveError]
     assert body["error"] == error.message and body["code"] == ERROR_TABLE[error_class].code
     assert body["details"]
     assert kind_of(error).http_status == ERROR_TABLE[error_class].http_status
-    mcp = refusal(error)
+    mcp = refusal_result(error)
     assert mcp.is_error is True
     assert ERROR_TABLE[error_class].code in mcp.content[0].text  # type: ignore[union-attr]
 

@@ -1,5 +1,6 @@
-"""A2A with the official a2a-sdk client against a running server: the card, tool calls, the capability
-reply, streaming, progress, get/list/cancel per owner, refusals, authentication, persistence, 0.3 names."""
+"""A2A with the official a2a-sdk client against a running server: the card, the shapes of a tool call, the
+capability reply, streaming, progress, get/list/cancel per owner, body bounds, persistence, 0.3 names. The
+calls every surface shares (results, refusals, authentication) are in test_every_surface."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from a2a.client import A2ACardResolver, A2AClientError, Client, ClientConfig, create_client
+from a2a.client import A2ACardResolver, Client, ClientConfig, create_client
 from a2a.helpers import get_data_parts, get_text_parts, new_data_part
 from a2a.types import (
     CancelTaskRequest,
@@ -180,7 +181,9 @@ async def test_card_urls_follow_the_public_url_setting(settings: Settings) -> No
     }
 
 
-async def test_a_data_part_runs_the_tool_and_returns_what_rest_returns(live_server: LiveServer) -> None:
+async def test_the_artifact_names_the_tool_and_every_spelling_of_a_call_runs_it(
+    live_server: LiveServer,
+) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         account = await sign_up(http)
         credential = await api_key(http, account)
@@ -188,8 +191,6 @@ async def test_a_data_part_runs_the_tool_and_returns_what_rest_returns(live_serv
         formats = (await http.get("/api/v1/models/formats")).json()
     async with a2a(live_server.url, credential) as client:
         task = await run(client, call("get_quota"))
-        assert task.status.state == COMPLETED
-        assert artifact_data(task) == quota
         assert task.artifacts[0].name == "get_quota"
         assert get_text_parts(task.artifacts[0].parts)[0].startswith("get_quota succeeded:")
         # The other accepted spellings: "skill"/"action" for the name, "args"/"data" for the arguments
@@ -235,24 +236,12 @@ async def test_streaming_send_yields_the_task_then_updates_until_completed(
     assert "onnx" in {f["format"] for f in data["formats"]}
 
 
-async def test_refused_calls_end_failed_with_the_error_body(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url) as http:
-        account = await sign_up(http)
-        everything = await api_key(http, account)
-        models_only = await api_key(http, account, scopes=["models:read"])
-    async with a2a(live_server.url, everything) as client:
-        invalid = refusal_body(await run(client, call("create_payment", {"amount": -5})))
-        assert invalid["code"] == "VALIDATION_ERROR"
-        assert "amount" in {f["field"] for f in invalid["details"]["fields"]}
-        unknown = refusal_body(await run(client, call("no_such_tool")))
-        assert unknown["code"] == "NOT_FOUND" and "no_such_tool" in unknown["error"]
+async def test_a_hidden_tool_and_a_call_without_a_name_end_failed(live_server: LiveServer, key: str) -> None:
+    async with a2a(live_server.url, key) as client:
         hidden = refusal_body(await run(client, call("auth_login", {"email": "a@b.c", "password": "x"})))
         assert hidden["code"] == "NOT_FOUND"
         nameless = refusal_body(await run(client, request(new_data_part({"arguments": {}}))))
         assert nameless["code"] == "VALIDATION_ERROR" and nameless["details"]["format"]["tool"]
-    async with a2a(live_server.url, models_only) as client:
-        forbidden = refusal_body(await run(client, call("create_payment", {"amount": 5})))
-    assert forbidden["code"] == "FORBIDDEN" and "billing:write" in forbidden["error"]
 
 
 async def test_get_list_and_cancel_see_only_your_own_tasks(live_server: LiveServer) -> None:
@@ -287,25 +276,14 @@ async def test_get_list_and_cancel_see_only_your_own_tasks(live_server: LiveServ
             await events(client, follow_up)
 
 
-async def test_a2a_needs_credentials_and_bounds_bodies(live_server: LiveServer, key: str) -> None:
+async def test_a2a_bounds_bodies(live_server: LiveServer, key: str) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
-        body = {"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}
-        anonymous = await http.post(A2A_PATH, json=body, headers={"A2A-Version": "1.0"})
-        assert anonymous.status_code == 401 and anonymous.json()["code"] == "AUTH_REQUIRED"
-        assert anonymous.headers["www-authenticate"].startswith("Bearer")
-        forged = await http.post(A2A_PATH, json=body, headers={"Authorization": "Bearer nope"})
-        assert forged.status_code == 401 and forged.json()["code"] == "AUTH_INVALID"
         too_large = await http.post(
             A2A_PATH,
             content=b" " * (live_server.app.state.services.settings.max_request_body_bytes + 1),
             headers={"Authorization": f"Bearer {key}"},
         )
         assert too_large.status_code == 413 and too_large.json()["code"] == "PAYLOAD_TOO_LARGE"
-        card = await A2ACardResolver(http, live_server.url).get_agent_card()
-    async with httpx.AsyncClient(timeout=30) as http:
-        client = await create_client(card, client_config=ClientConfig(streaming=False, httpx_client=http))
-        with pytest.raises(A2AClientError, match="401"):
-            await events(client, call("get_quota"))
 
 
 async def test_v0_3_method_names_on_the_same_endpoint(live_server: LiveServer, key: str) -> None:

@@ -1,4 +1,5 @@
-"""The official MCP SDK client against a running server: Streamable HTTP (both eras), legacy SSE, stdio."""
+"""The official MCP SDK client against a running server: what is MCP's own over Streamable HTTP (both eras),
+legacy SSE and stdio. The calls every surface shares (results, refusals) are in test_every_surface."""
 
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ async def live_account(live_server: LiveServer) -> AsyncIterator[Account]:
 
 
 @pytest.mark.parametrize("transport", sorted(TRANSPORTS))
-async def test_list_and_call_tools(transport: str, live_server: LiveServer, live_account: Account) -> None:
+async def test_each_transport_negotiates_its_version_and_lists_tools(
+    transport: str, live_server: LiveServer, live_account: Account
+) -> None:
     async with TRANSPORTS[transport](live_server.url, live_account.access_token) as client:
         if transport == "streamable-modern":
             assert client.protocol_version == "2026-07-28"
@@ -67,34 +70,14 @@ async def test_list_and_call_tools(transport: str, live_server: LiveServer, live
         revoke = next(t for t in listed.tools if t.name == "revoke_api_key")
         assert revoke.annotations is not None and revoke.annotations.destructive_hint is True
 
-        result = await client.call_tool("whoami", {})
-        assert result.is_error is not True
-        assert result.structured_content is not None
-        assert result.structured_content["user"]["email"] == live_account.email
-        assert json.loads(result.content[0].text)["user"]["id"] == live_account.user_id  # type: ignore[union-attr]
 
-        refused = await client.call_tool("create_api_key", {"name": ""})
-        assert refused.is_error is True
-        error = json.loads(refused.content[0].text)  # type: ignore[union-attr]
-        assert error["code"] == "VALIDATION_ERROR"
-        assert error["details"]["fields"][0]["field"] == "name"
-
-        unknown = await client.call_tool("no_such_tool", {})
-        assert unknown.is_error is True
-        assert json.loads(unknown.content[0].text)["code"] == "NOT_FOUND"  # type: ignore[union-attr]
-
-
-async def test_api_key_scopes_filter_and_refuse_tools(live_server: LiveServer, live_account: Account) -> None:
+async def test_api_key_scopes_filter_the_tool_list(live_server: LiveServer, live_account: Account) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         key = await api_key(http, live_account, scopes=["system:read"])
     async with streamable(live_server.url, key, "auto") as client:
         names = {t.name for t in (await client.list_tools()).tools}
         assert "system_stats" in names
         assert "export_account" not in names and "create_api_key" not in names
-        refused = await client.call_tool("export_account", {})
-        assert refused.is_error is True
-        body = json.loads(refused.content[0].text)  # type: ignore[union-attr]
-        assert body["code"] == "FORBIDDEN" and "account:read" in body["error"]
 
 
 async def test_bare_json_rpc_post_as_in_the_spec(live_server: LiveServer, live_account: Account) -> None:
@@ -121,18 +104,6 @@ async def test_bare_json_rpc_post_as_in_the_spec(live_server: LiveServer, live_a
             headers=live_account.headers,
         )
         assert call.json()["result"]["structuredContent"]["user"]["email"] == live_account.email
-
-
-async def test_mcp_requires_authentication(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url) as http:
-        listing = {"jsonrpc": "2.0", "method": "tools/list", "id": 1}
-        anonymous = await http.post(MCP_PATH, json=listing)
-        assert anonymous.status_code == 401 and anonymous.json()["code"] == "AUTH_REQUIRED"
-        assert anonymous.headers["www-authenticate"].startswith("Bearer")
-        forged = await http.post(MCP_PATH, json=listing, headers={"Authorization": "Bearer not-a-token"})
-        assert forged.status_code == 401 and forged.json()["code"] == "AUTH_INVALID"
-        sse = await http.get(SSE_PATH)
-        assert sse.status_code == 401
 
 
 async def test_host_and_origin_validation(live_server: LiveServer, live_account: Account) -> None:

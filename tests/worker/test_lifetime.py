@@ -23,7 +23,7 @@ import pytest
 
 from aiserve_mcp.worker import TOKEN_ENV
 from aiserve_mcp.worker.launch import CONTRACT_ENV, PDEATHSIG_ENV, contract_workdirs
-from tests.conftest import REDIS_URL, Account, free_port, funded, sign_up
+from tests.conftest import REDIS_URL, Account, free_port, funded, sign_up, until_healthy
 from tests.serving.test_model_deployments import torchscript
 from tests.serving.test_models import until_settled, upload
 
@@ -102,17 +102,7 @@ async def aiserve_serve(env: dict[str, str], log: Path, *, own_group: bool = Fal
         )
     server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(600):
-                assert process.poll() is None, f"server exited with {process.returncode}: {server.stderr()}"
-                try:
-                    if (await http.get(f"{server.url}/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise TimeoutError(server.url)
+        await until_healthy(server.url, process, log)
         yield server
     finally:
         if process.poll() is None:

@@ -1,7 +1,7 @@
 """A2A (Agent2Agent, protocol 1.0 with 0.3 compatibility) over the tool registry, through the a2a-sdk.
 
 The agent card is public at ``/.well-known/agent-card.json`` (and the pre-0.3 ``/.well-known/agent.json``);
-JSON-RPC is at ``/api/v1/a2a`` behind the API gateway, for authenticated callers only. Each message runs
+JSON-RPC is at ``/api/v1/a2a`` behind HTTP admission, for authenticated callers only. Each message runs
 one tool as the caller, through ``call_tool`` (the same authorization, validation and telemetry as REST
 and MCP): a data part ``{"tool": name, "arguments": {...}}`` (``skill``/``action`` and ``args``/``data``
 are accepted too) ends COMPLETED with the tool's JSON as an artifact, or FAILED with the spec's error body
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from a2a.auth.user import UnauthenticatedUser, User
@@ -36,19 +36,11 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from aiserve_mcp.core.errors import (
-    AiserveError,
-    AuthRequired,
-    NotFound,
-    PayloadTooLarge,
-    ValidationFailed,
-    error_body,
-)
+from aiserve_mcp.core.errors import AiserveError, NotFound, ValidationFailed, error_body
 from aiserve_mcp.core.outages import unexpected
 from aiserve_mcp.core.principal import Principal
-from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.a2a.card import (
     A2A_PATH,
     CALL_FORMAT,
@@ -59,13 +51,8 @@ from aiserve_mcp.protocols.a2a.card import (
     summary_of,
     tools_by_area,
 )
-from aiserve_mcp.protocols.prelude import (
-    client_address,
-    error_response,
-    principal_of,
-    read_body,
-    replay_body,
-)
+from aiserve_mcp.protocols.prelude import CallerGuard, principal_of, tool_context
+from aiserve_mcp.protocols.tool_calls import CallSyntax, Flaw, ToolCall
 from aiserve_mcp.tools.ports import Ports
 from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
@@ -74,8 +61,7 @@ T = TypeVar("T")
 CARD_PATH = "/.well-known/agent-card.json"
 CARD_PATH_V0_3 = "/.well-known/agent.json"
 SURFACE = Surface.A2A
-NAME_KEYS = ("tool", "skill", "action")
-ARGUMENT_KEYS = ("arguments", "args", "data")
+TOOL_CONTEXT = "aiserve.tool_context"  # the call context's state: the tool context of the HTTP request
 PREVIEW_CHARS = 500
 PRIVATE_HEADERS = frozenset({"authorization", "x-api-key", "cookie"})
 
@@ -96,10 +82,8 @@ class PrincipalUser(User):
 
 
 class PrincipalContextBuilder(DefaultServerCallContextBuilder):
-    """Builds the SDK's call context from the gateway's authentication (never from the message)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._trust_forwarded_for = settings.trust_forwarded_for
+    """Builds the SDK's call context from HTTP admission's authentication (never from the message), with
+    the tool context of the request in its state."""
 
     def build(self, request: Request) -> ServerCallContext:
         context = super().build(request)
@@ -107,7 +91,7 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
         context.state["headers"] = {
             name: value for name, value in request.headers.items() if name not in PRIVATE_HEADERS
         }
-        context.state["client_address"] = client_address(request.scope, self._trust_forwarded_for)
+        context.state[TOOL_CONTEXT] = tool_context(request.scope, SURFACE)
         return context
 
     def build_user(self, request: Request) -> User:
@@ -115,10 +99,13 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
         return UnauthenticatedUser() if principal is None else PrincipalUser(principal)
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict[str, Any]
+def _malformed_call(flaw: Flaw, name: str | None) -> ValidationFailed:
+    if flaw is Flaw.ARGUMENTS_NOT_OBJECT:
+        return ValidationFailed(f"the arguments of '{name}' must be an object", {"format": CALL_FORMAT})
+    return ValidationFailed("the tool name must be a non-empty string", {"format": CALL_FORMAT})
+
+
+CALLS = CallSyntax(("tool", "skill", "action"), ("arguments", "args", "data"), _malformed_call)
 
 
 def _integral(value: Any) -> Any:
@@ -132,28 +119,16 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _first(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    return next((data[k] for k in keys if k in data), None)
-
-
-def tool_call_of(message: Message | None) -> ToolCall | None:
-    """The tool call a message's data part asks for; ``None`` when the message has no data part."""
+def call_in(message: Message | None) -> ToolCall | None:
+    """The tool call the first data part that names a tool asks for; ``None`` when the message has no
+    data part."""
     parts = get_data_parts(message.parts) if message is not None else []
     if not parts:
         return None
     for data in parts:
-        if isinstance(data, dict) and any(k in data for k in NAME_KEYS):
-            name = _first(data, NAME_KEYS)
-            arguments = _first(data, ARGUMENT_KEYS)
-            if not isinstance(name, str) or not name:
-                raise ValidationFailed("the tool name must be a non-empty string", {"format": CALL_FORMAT})
-            if arguments is None:
-                arguments = {}
-            if not isinstance(arguments, dict):
-                raise ValidationFailed(
-                    f"the arguments of '{name}' must be an object", {"format": CALL_FORMAT}
-                )
-            return ToolCall(name, _integral(arguments))
+        if isinstance(data, dict) and CALLS.names_a_tool(data):
+            call = CALLS.read(data)
+            return ToolCall(call.name, _integral(call.arguments))
     raise ValidationFailed(
         'a data part must name the tool to run: {"tool": "<name>", "arguments": {...}}',
         {"format": CALL_FORMAT},
@@ -183,8 +158,7 @@ def _being_cancelled() -> bool:
 class ToolExecutor(AgentExecutor):
     """Runs the tool a message names, as the caller of the request that sent it."""
 
-    def __init__(self, services: Ports, registry: ToolRegistry) -> None:
-        self._services = services
+    def __init__(self, registry: ToolRegistry) -> None:
         self._registry = registry
         self._runs: dict[str, _Run] = {}
 
@@ -212,16 +186,16 @@ class ToolExecutor(AgentExecutor):
             self._runs.pop(task_id, None)
 
     async def _run(self, context: RequestContext, updater: TaskUpdater, run: _Run) -> None:
-        user = context.call_context.user
-        principal = user.principal if isinstance(user, PrincipalUser) else None
+        request_context = context.call_context.state[TOOL_CONTEXT]
+        assert isinstance(request_context, ToolContext)  # PrincipalContextBuilder put it there
         try:
-            call = tool_call_of(context.message)
+            call = call_in(context.message)
             if call is None:
-                await self._describe(updater, principal)
+                await self._describe(updater, request_context.principal)
                 return
             tool = self._tool(call.name)
         except AiserveError as exc:
-            await updater.failed(_refusal(updater, exc))
+            await updater.failed(_refusal_message(updater, exc))
             return
         await updater.start_work(updater.new_agent_message([Part(text=f"running {tool.name}")]))
         if run.cancel_requested:
@@ -233,10 +207,7 @@ class ToolExecutor(AgentExecutor):
                 TaskState.TASK_STATE_WORKING, _progress_message(updater, done, total, message)
             )
 
-        address = context.call_context.state.get("client_address")
-        ctx = ToolContext(
-            self._services, principal, SURFACE, address if isinstance(address, str) else None, progress
-        )
+        ctx = replace(request_context, progress=progress)
         run.tool = asyncio.create_task(call_tool(tool, call.arguments, ctx))
         try:
             result = await run.tool
@@ -246,7 +217,7 @@ class ToolExecutor(AgentExecutor):
                 return
             raise
         except AiserveError as exc:
-            await updater.failed(_refusal(updater, exc))
+            await updater.failed(_refusal_message(updater, exc))
             return
         data = result.model_dump(mode="json")
         preview = json.dumps(data, separators=(",", ":"))
@@ -292,7 +263,8 @@ class ToolExecutor(AgentExecutor):
         await run.settled.wait()
 
 
-def _refusal(updater: TaskUpdater, error: AiserveError) -> Message:
+def _refusal_message(updater: TaskUpdater, error: AiserveError) -> Message:
+    """The agent message that ends a refused task FAILED: the error's code and text, and its body."""
     body = _json_safe(error_body(error))
     return updater.new_agent_message([Part(text=f"{body['code']}: {body['error']}"), new_data_part(body)])
 
@@ -335,32 +307,6 @@ class _SafeTaskStore(TaskStore):
             raise A2aInternalError(error.message, _json_safe(error_body(error))) from None
 
 
-class _GuardedRpc:
-    """The SDK's JSON-RPC endpoint, for authenticated callers and bodies within the server's limit."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self._app = app
-        self._limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if principal_of(scope) is None:
-            refusal = AuthRequired(
-                "A2A needs authentication: send 'Authorization: Bearer <token or API key>'"
-            )
-            await error_response(refusal)(scope, receive, send)
-            return
-        try:
-            body = await read_body(Request(scope, receive), self._limit)
-        except PayloadTooLarge as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        refused = _unknown_status_filter(body)
-        if refused is not None:
-            await JSONResponse(refused)(scope, receive, send)
-            return
-        await self._app(scope, replay_body(body, receive), send)
-
-
 def _unknown_status_filter(body: bytes) -> dict[str, Any] | None:
     """The JSON-RPC invalid-params error for a ``ListTasks`` whose ``status`` names no task state (the
     SDK's parser would drop it and list every task), else None."""
@@ -388,18 +334,27 @@ class A2aSurface:
         self._skills = skills(registry)
         default_base = self._public_url or f"http://{settings.host}:{settings.port}"
         self.handler = DefaultRequestHandler(
-            agent_executor=ToolExecutor(services, registry),
+            agent_executor=ToolExecutor(registry),
             task_store=_SafeTaskStore(task_store),
             agent_card=agent_card(default_base, self._skills),
         )
         rpc = create_jsonrpc_routes(
             self.handler,
             rpc_url=A2A_PATH,
-            context_builder=PrincipalContextBuilder(settings),
+            context_builder=PrincipalContextBuilder(),
             enable_v0_3_compat=True,
         )[0]
         assert isinstance(rpc, Route)
-        self._rpc = _GuardedRpc(rpc.app, settings.max_request_body_bytes)
+        self._sdk_rpc = rpc.app
+        self._rpc = CallerGuard("A2A", self._serve_rpc)
+
+    async def _serve_rpc(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """The SDK's JSON-RPC endpoint, behind the guard (authenticated callers, bodies within the limit)."""
+        refused = _unknown_status_filter(body)
+        if refused is not None:
+            await JSONResponse(refused)(scope, receive, send)
+            return
+        await self._sdk_rpc(scope, receive, send)
 
     def base_url(self, request: Request) -> str:
         """``AISERVE_PUBLIC_URL``, else the scheme and host this request came to."""

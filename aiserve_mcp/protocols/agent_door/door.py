@@ -1,6 +1,6 @@
 """``POST /api/v1/agent``: one door for every agent protocol.
 
-Authentication and rate limiting are the gateway's, as on the rest of ``/api/v1``; the door needs an
+Authentication and rate limiting are HTTP admission's, as on the rest of ``/api/v1``; the door needs an
 authenticated caller. It reads the body once (up to ``AISERVE_MAX_REQUEST_BODY_BYTES``) and recognises the
 protocol, first match wins:
 
@@ -29,44 +29,27 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
-from starlette.requests import Request
+from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from aiserve_mcp.core.errors import (
-    AiserveError,
-    AuthRequired,
-    InternalError,
-    NotImplementedYet,
-    ValidationFailed,
-)
+from aiserve_mcp.core.errors import AiserveError, InternalError, NotImplementedYet, ValidationFailed
 from aiserve_mcp.protocols.a2a.card import A2A_PATH
-from aiserve_mcp.protocols.agent_door.messages import (
-    FIPA_ACTS,
+from aiserve_mcp.protocols.agent_door.acp import parse_acp
+from aiserve_mcp.protocols.agent_door.envelope import parse_envelope
+from aiserve_mcp.protocols.agent_door.fipa import FIPA_ACTS, parse_fipa
+from aiserve_mcp.protocols.agent_door.kqml import (
     KQML_ONLY_KEYS,
     KQML_PERFORMATIVES,
-    LIST_ALIASES,
-    AgentMessage,
     KqmlMessage,
-    Reply,
-    ToolCall,
     kqml_from_json,
     kqml_from_text,
-    parse_acp,
-    parse_envelope,
-    parse_fipa,
 )
+from aiserve_mcp.protocols.agent_door.message import LIST_ALIASES, AgentMessage, Reply
 from aiserve_mcp.protocols.mcp.http import MCP_PATH
-from aiserve_mcp.protocols.prelude import (
-    client_address,
-    error_response,
-    principal_of,
-    read_body,
-    replay_body,
-    services_of,
-)
+from aiserve_mcp.protocols.prelude import CallerGuard, ResponseStart, error_response, tool_context
+from aiserve_mcp.protocols.tool_calls import ToolCall
 from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
@@ -230,20 +213,12 @@ def describe_tool(tool: Tool) -> dict[str, Any]:
     }
 
 
-def _tagged(send: Send, protocol: str) -> Send:
-    async def tag(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            MutableHeaders(scope=message).append(PROTOCOL_HEADER, protocol)
-        await send(message)
-
-    return tag
-
-
 class AgentDoor:
     """The ASGI app behind ``POST /api/v1/agent``, over the tools of ``registry``."""
 
     def __init__(self, registry: ToolRegistry) -> None:
         self._registry = registry
+        self._guarded = CallerGuard("the agent door", self._serve)
 
     def route(self) -> Route:
         return Route(AGENT_PATH, self, methods=["POST"])
@@ -254,22 +229,17 @@ class AgentDoor:
                 scope, receive, send
             )
             return
-        if principal_of(scope) is None:
-            refusal = AuthRequired(
-                "the agent door needs authentication: send 'Authorization: Bearer <token or API key>'"
-            )
-            await error_response(refusal)(scope, receive, send)
-            return
+        await self._guarded(scope, receive, send)
+
+    async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """An authenticated caller's message; ``receive`` replays ``body``."""
         try:
-            body = await read_body(
-                Request(scope, receive), services_of(scope).settings.max_request_body_bytes
-            )
             detected = detect(Headers(scope=scope), body)
         except AiserveError as exc:
             await error_response(exc)(scope, receive, send)
             return
         if isinstance(detected, Forward):
-            await self._forward(detected, body, scope, receive, send)
+            await self._forward(detected, scope, receive, send)
             return
         reply = await self._answer(detected, scope)
         response = Response(
@@ -280,9 +250,7 @@ class AgentDoor:
         )
         await response(scope, receive, send)
 
-    async def _forward(
-        self, target: Forward, body: bytes, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def _forward(self, target: Forward, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the request to the route serving ``target.path``, as if it had been sent there."""
         path = scope["path"].removesuffix(AGENT_PATH) + target.path
         inner: Scope = {**scope, "path": path, "raw_path": path.encode(), _FORWARDED: target.protocol}
@@ -290,7 +258,8 @@ class AgentDoor:
             match, child_scope = route.matches(inner)
             if match is Match.FULL:
                 inner.update(child_scope)
-                await route.handle(inner, replay_body(body, receive), _tagged(send, target.protocol))
+                tagged = ResponseStart(send, lambda headers: headers.append(PROTOCOL_HEADER, target.protocol))
+                await route.handle(inner, receive, tagged)
                 return
         missing = NotImplementedYet(
             f"this is a {target.protocol} message, but POST {target.path} is not served on this server yet",
@@ -299,13 +268,7 @@ class AgentDoor:
         await error_response(missing, {PROTOCOL_HEADER: target.protocol})(scope, receive, send)
 
     async def _answer(self, message: AgentMessage, scope: Scope) -> Reply:
-        services = services_of(scope)
-        ctx = ToolContext(
-            services=services,
-            principal=principal_of(scope),
-            surface=Surface(message.kind),
-            client_address=client_address(scope, services.settings.trust_forwarded_for),
-        )
+        ctx = tool_context(scope, Surface(message.kind))
         try:
             result = await self._run(message.call(), ctx)
         except AiserveError as exc:

@@ -15,7 +15,7 @@ request with that id in this process (a load balancer must send both to the same
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
@@ -28,13 +28,12 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from aiserve_mcp.core.errors import AuthRequired, PayloadTooLarge
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.mcp.server import AddressResolver
-from aiserve_mcp.protocols.prelude import client_address, error_response, principal_of, read_body
+from aiserve_mcp.protocols.prelude import CallerGuard, ResponseStart, client_address, principal_of
 
 MCP_PATH = "/api/v1/mcp"
 SSE_PATH = "/api/v1/mcp/sse"
@@ -71,16 +70,6 @@ def request_address_resolver(settings: Settings) -> AddressResolver:
 
 def _wants_stream(scope: Scope) -> bool:
     return "text/event-stream" in Headers(scope=scope).get("accept", "")
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """``receive`` with ``body`` (already read) delivered first, then whatever the client sends next."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay
 
 
 def _message(body: bytes) -> dict[str, Any] | None:
@@ -124,7 +113,6 @@ class McpHttpTransports:
     def __init__(self, server: Server[object], settings: Settings) -> None:
         security = transport_security(settings)
         self._server = server
-        self._body_limit = settings.max_request_body_bytes
         self._in_flight = _InFlight()
         self._streaming = StreamableHTTPSessionManager(
             app=server, stateless=True, json_response=False, security_settings=security
@@ -141,73 +129,39 @@ class McpHttpTransports:
             await stack.enter_async_context(self._json.run())
             yield
 
-    @staticmethod
-    async def _refuse_anonymous(scope: Scope, receive: Receive, send: Send) -> bool:
-        if principal_of(scope) is not None:
-            return False
-        await error_response(
-            AuthRequired("MCP needs authentication: send 'Authorization: Bearer <token or API key>'")
-        )(scope, receive, send)
-        return True
-
-    async def streamable(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if await self._refuse_anonymous(scope, receive, send):
-            return
+    async def streamable(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """``/api/v1/mcp``; ``receive`` replays ``body``, which was read for POST requests only."""
         manager = self._streaming if _wants_stream(scope) else self._json
         if scope["method"] != "POST":
             await manager.handle_request(scope, receive, send)
             return
-        try:
-            body = await read_body(Request(scope, receive), self._body_limit)
-        except PayloadTooLarge as exc:
-            await error_response(exc)(scope, receive, send)
-            return
         message, principal = _message(body), principal_of(scope)
-        assert principal is not None  # refused above
+        assert principal is not None  # the guard refused anonymous callers
         caller = (principal.user_id, principal.api_key_id or principal.session_id or "")
         if message is not None and message.get("method") == "notifications/cancelled":
             params = message.get("params")
             if isinstance(params, dict) and "requestId" in params:
                 self._in_flight.cancel((*caller, json.dumps(params["requestId"])))
         if message is None or "id" not in message or "method" not in message:
-            await manager.handle_request(scope, _replaying(body, receive), send)
+            await manager.handle_request(scope, receive, send)
             return
-        started = False
-
-        async def watched(event: Message) -> None:
-            nonlocal started
-            started = started or event["type"] == "http.response.start"
-            await send(event)
-
+        watched = ResponseStart(send)
         with self._in_flight.track((*caller, json.dumps(message["id"]))) as cancelled:
-            await manager.handle_request(scope, _replaying(body, receive), watched)
-        if cancelled.cancelled_caught and not started:  # the client gave the request up: no answer is owed
+            await manager.handle_request(scope, receive, watched)
+        if cancelled.cancelled_caught and not watched.started:  # the client gave up: no answer is owed
             await Response(status_code=204)(scope, receive, send)
 
-    async def sse_connect(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if await self._refuse_anonymous(scope, receive, send):
-            return
+    async def sse_connect(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         async with self._sse.connect_sse(scope, receive, send) as (read_stream, write_stream):
             await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
 
-    async def sse_message(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if await self._refuse_anonymous(scope, receive, send):
-            return
+    async def sse_message(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """A legacy SSE client's message; the SDK reads the body itself."""
         await self._sse.handle_post_message(scope, receive, send)
 
     def routes(self) -> list[Route | Mount]:
         return [
-            Route(MCP_PATH, _Asgi(self.streamable), methods=["GET", "POST", "DELETE"]),
-            Route(SSE_PATH, _Asgi(self.sse_connect), methods=["GET"]),
-            Mount(SSE_MESSAGES_PATH, app=_Asgi(self.sse_message)),
+            Route(MCP_PATH, CallerGuard("MCP", self.streamable), methods=["GET", "POST", "DELETE"]),
+            Route(SSE_PATH, CallerGuard("MCP", self.sse_connect), methods=["GET"]),
+            Mount(SSE_MESSAGES_PATH, app=CallerGuard("MCP", self.sse_message, body_methods=frozenset())),
         ]
-
-
-class _Asgi:
-    """Wraps a bound method so Starlette routes to it as a raw ASGI app rather than a request handler."""
-
-    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self._handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._handler(scope, receive, send)

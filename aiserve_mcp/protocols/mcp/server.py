@@ -64,7 +64,8 @@ def mcp_tool(tool: Tool) -> types.Tool:
     )
 
 
-def refusal(error: AiserveError) -> types.CallToolResult:
+def refusal_result(error: AiserveError) -> types.CallToolResult:
+    """The tool result of a refused call: ``isError``, with the spec's error body as its text."""
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=json.dumps(error_body(error)))],
         is_error=True,
@@ -115,7 +116,7 @@ def build_mcp_server(
         try:
             result = await run_tool(ctx, params.name, params.arguments or {})
         except AiserveError as exc:
-            return refusal(exc)
+            return refusal_result(exc)
         data = result.model_dump(mode="json")
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=json.dumps(data))], structured_content=data
