@@ -119,6 +119,38 @@ def test_the_settings_table_is_one_table_of_three_columns() -> None:
     assert re.fullmatch(r"\|(\s*-+\s*\|){3}", section[rows[1]].replace(":", "")), "the second row is the rule"
 
 
+def architecture_paths(text: str) -> set[str]:
+    """The source paths the Architecture section names in backticks: ``app.py``, ``gpu/market.py``,
+    ``protocols/mcp/``, ``tests/worker/test_bundle.py``... (relative to ``aiserve_mcp/`` unless they start
+    with a top-level folder of the repository)."""
+    section = text.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`([\w./-]+(?:\.py|\.json|/))`", section))
+
+
+def test_the_architecture_section_names_only_what_exists() -> None:
+    repository = README.parent
+    names = architecture_paths(README.read_text())
+    assert len(names) > 40, "the Architecture section's map of the tree is missing"
+    missing = {
+        name
+        for name in names
+        if not (repository / "aiserve_mcp" / name).exists() and not (repository / name).exists()
+    }
+    assert not missing, f"the README's Architecture section names paths that do not exist: {sorted(missing)}"
+
+
+def test_every_package_has_a_row_in_the_where_to_find_table() -> None:
+    names = architecture_paths(README.read_text())
+    packages = {
+        f"{path.relative_to(README.parent / 'aiserve_mcp')}/"
+        for path in (README.parent / "aiserve_mcp").rglob("__init__.py")
+        for path in [path.parent]
+        if path.name not in {"aiserve_mcp", "versions", "migrations", "data"}
+    }
+    unplaced = {package for package in packages if not any(name.startswith(package) for name in names)}
+    assert not unplaced, f"packages the Architecture section does not place: {sorted(unplaced)}"
+
+
 @pytest.fixture
 def readme_server(tmp_path: Path) -> Iterator[int]:
     """``aiserve serve`` as the README starts it for the examples, on a free port; yields the port."""
