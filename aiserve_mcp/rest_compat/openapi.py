@@ -24,8 +24,8 @@ from aiserve_mcp.rest_compat.uploads import SCOPE as UPLOAD_SCOPE
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH
 from aiserve_mcp.rest_compat.worker_bundle import bundle_openapi
 from aiserve_mcp.tools.billing import WebhookOutput
-from aiserve_mcp.tools.models import UploadFields, UploadOutput
 from aiserve_mcp.tools.registry import Tool, ToolRegistry
+from aiserve_mcp.tools.uploads import UploadFields, UploadOutput
 
 REF = "#/components/schemas/{model}"
 ERROR_REF = {"$ref": REF.format(model="Error")}

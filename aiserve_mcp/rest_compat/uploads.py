@@ -12,9 +12,9 @@ from starlette.responses import Response
 
 from aiserve_mcp.core.errors import AiserveError, PayloadTooLarge, ValidationFailed
 from aiserve_mcp.protocols.prelude import error_response, principal_of, services_of, tool_context
-from aiserve_mcp.tools.models import UploadFields, upload_model
 from aiserve_mcp.tools.registry import Surface, authorize
 from aiserve_mcp.tools.runner import validation_details
+from aiserve_mcp.tools.uploads import UploadFields, store_model
 
 UPLOAD_PATH = "/api/v1/models/upload"
 SCOPE = "models:write"
@@ -40,7 +40,7 @@ async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 async def model_upload(request: Request) -> Response:
     form = None
     try:
-        authorize(principal_of(request.scope), upload_model.__name__, SCOPE)
+        authorize(principal_of(request.scope), "upload_model", SCOPE)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ValidationFailed(MULTIPART_ONLY)
         limit = services_of(request.scope).settings.model_max_file_bytes + FORM_OVERHEAD_BYTES
@@ -57,7 +57,7 @@ async def model_upload(request: Request) -> Response:
             fields = UploadFields.model_validate(values)
         except ValidationError as exc:
             raise ValidationFailed("invalid upload fields", validation_details(exc)) from None
-        out = await upload_model(
+        out = await store_model(
             tool_context(request.scope, Surface.REST), fields, _chunks(upload), upload.filename
         )
     except AiserveError as exc:

@@ -1,16 +1,15 @@
-"""Model serving: upload (REST multipart), list, inspect, delete, predict, metrics, formats and quota."""
+"""Model serving: list, inspect, configure, delete, predict, metrics, formats and quota (uploads are in
+``uploads``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from aiserve_mcp.core.errors import Conflict, ValidationFailed
-from aiserve_mcp.runtime.formats import FORMATS, detect, servability
+from aiserve_mcp.runtime.formats import FORMATS, servability
 from aiserve_mcp.runtime.tensors import to_python
 from aiserve_mcp.tools.common import Input, IntegerNumber, Merged, NoInput, Text
 from aiserve_mcp.tools.ports import NoPorts, ServingPort
@@ -22,95 +21,12 @@ BATCH_DOC = "Most rows one batched run carries (default AISERVE_MODEL_MAX_BATCH)
 DELAY_DOC = "How long an idle replica may wait for a batch to fill, in ms; 0 (default) never waits."
 
 
-def _check_replicas(ctx: ToolContext[ServingPort], replicas: int | None) -> None:
+def check_replicas(ctx: ToolContext[ServingPort], replicas: int | None) -> None:
     ceiling = ctx.services.settings.model_max_replicas
     if replicas is not None and replicas > ceiling:
         raise ValidationFailed(
             f"replicas must be at most {ceiling} on this server (AISERVE_MODEL_MAX_REPLICAS)"
         )
-
-
-class UploadFields(Input):
-    """The form fields of an upload. They arrive as text, so numbers and booleans are read from it."""
-
-    name: Text | None = Field(default=None, min_length=1, max_length=200)
-    format: str | None = Field(
-        default=None,
-        description="A hint: the bytes decide, and must show this format.",
-        json_schema_extra={"enum": [f.id for f in FORMATS]},
-    )
-    framework: Text | None = Field(default=None, max_length=64)
-    version: Text = Field(default="1.0.0", min_length=1, max_length=64)
-    gpu_required: bool = False
-    gpu_type: Text | None = Field(default=None, max_length=64)
-    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS, description=REPLICAS_DOC)
-    max_batch_size: int | None = Field(default=None, ge=1, le=4096, description=BATCH_DOC)
-    max_queue_delay_ms: float = Field(default=0.0, ge=0, le=1000, description=DELAY_DOC)
-
-
-class UploadOutput(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    model_id: str = Field(validation_alias="id")
-    name: str
-    format: str
-    endpoint: str
-    status: str
-    message: str
-
-
-def _safe_name(filename: str | None) -> str:
-    """The last component of a client's file name, for display only (never a path)."""
-    base = (filename or "model").replace("\\", "/").rsplit("/", 1)[-1]
-    printable = "".join(c for c in base if c.isprintable()).strip()  # no NUL or control characters
-    return printable[:200] or "model"
-
-
-async def upload_model(
-    ctx: ToolContext[ServingPort], fields: UploadFields, chunks: AsyncIterator[bytes], filename: str | None
-) -> UploadOutput:
-    """Store an uploaded model file under the caller's quota and start loading it."""
-    caller = ctx.caller()
-    _check_replicas(ctx, fields.replicas)
-    store = ctx.services.model_store
-    quota = await store.admit(caller.user_id)
-    received = await store.receive(caller.user_id, chunks, quota.limit_bytes - quota.used_bytes)
-    try:
-        if received.size_bytes == 0:
-            raise ValidationFailed("the model file is empty")
-        found = await anyio.to_thread.run_sync(lambda: detect(received.path, filename, fields.format))
-    except BaseException:
-        await anyio.to_thread.run_sync(lambda: received.path.unlink(missing_ok=True))
-        raise
-    serving = servability(found.format, found.variant)
-    framework = fields.framework or next(f.framework for f in FORMATS if f.id == found.format)
-    model = await store.add(
-        caller.user_id,
-        received,
-        name=fields.name or _safe_name(filename),
-        format=found.format,
-        variant=found.variant,
-        framework=framework,
-        version=fields.version,
-        status="loading" if serving.servable else "stored",
-        status_reason=None if serving.servable else serving.reason,
-        filename=_safe_name(filename),
-        gpu_required=fields.gpu_required,
-        gpu_type=fields.gpu_type,
-        replicas=fields.replicas,
-        max_batch_size=fields.max_batch_size,
-        max_queue_delay_ms=fields.max_queue_delay_ms,
-    )
-    if serving.servable:
-        ctx.services.model_host.start_loading(model)
-    message = (
-        "Model uploaded successfully and loading"
-        if serving.servable
-        else f"Model stored; it cannot be served here: {serving.reason}"
-    )
-    return UploadOutput.model_validate(
-        Merged(model, endpoint=f"/api/v1/models/{model.id}/predict", message=message)
-    )
 
 
 class ModelSummary(BaseModel):
@@ -210,7 +126,7 @@ async def configure_model(ctx: ToolContext[ServingPort], args: ServingSettings) 
     gpu_required. Fields left out keep their value. The model is redeployed in the background: its status is
     'loading' until the new replicas answer, then 'ready' (or 'failed' with the reason)."""
     row = await ctx.services.model_store.owned(ctx.caller().user_id, args.model_id)
-    _check_replicas(ctx, args.replicas)
+    check_replicas(ctx, args.replicas)
     changes = args.model_dump(exclude={"model_id"}, exclude_none=True)
     if row.status == "loading":
         raise Conflict("the model is still loading; change its serving settings once it is ready or failed")
