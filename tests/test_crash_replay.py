@@ -15,7 +15,8 @@ import httpx
 
 from tests.conftest import REDIS_URL, free_port, sign_up, until_healthy
 
-BURST = 24
+KILL_AFTER = 12  # answers received before the server is killed
+MAX_PAIRS = 120  # payments and spends sent at most (120 spends stay under the default hourly limit)
 PAYMENT = Decimal("3.25")
 SPEND = Decimal("0.75")
 
@@ -50,8 +51,12 @@ async def test_a_killed_server_loses_nothing_acknowledged_and_counts_replays_onc
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             owner = await sign_up(http)
-            burst = [make(http, owner.headers, i) for i in range(BURST) for make in (_pay, _spend)]
-            await asyncio.wait(burst[: BURST // 2])  # kill it mid-burst
+            burst: list[asyncio.Task[httpx.Response]] = []
+            for i in range(MAX_PAIRS):  # a steady stream, so that the kill lands with requests in flight
+                burst += [_pay(http, owner.headers, i), _spend(http, owner.headers, i)]
+                await asyncio.sleep(0.002)
+                if sum(task.done() for task in burst) >= KILL_AFTER:
+                    break
             os.kill(process.pid, signal.SIGKILL)
             process.wait(10)
             answers = await asyncio.gather(*burst, return_exceptions=True)
@@ -61,16 +66,17 @@ async def test_a_killed_server_loses_nothing_acknowledged_and_counts_replays_onc
     acknowledged = {
         i for i, answer in enumerate(answers) if isinstance(answer, httpx.Response) and answer.is_success
     }
-    assert BURST // 2 <= len(acknowledged) < 2 * BURST, "the kill did not land mid-burst"
+    assert KILL_AFTER <= len(acknowledged) < len(burst), "the kill did not land mid-burst"
+    pairs = len(burst) // 2
 
     process, url = await _start(env)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             replays = await asyncio.gather(
-                *(make(http, owner.headers, i) for i in range(BURST) for make in (_pay, _spend))
+                *(make(http, owner.headers, i) for i in range(pairs) for make in (_pay, _spend))
             )
             again = await asyncio.gather(
-                *(make(http, owner.headers, i) for i in range(BURST) for make in (_pay, _spend))
+                *(make(http, owner.headers, i) for i in range(pairs) for make in (_pay, _spend))
             )
             for i, (replay, second) in enumerate(zip(replays, again, strict=True)):
                 assert replay.is_success and second.is_success, (replay.text, second.text)
@@ -86,12 +92,12 @@ async def test_a_killed_server_loses_nothing_acknowledged_and_counts_replays_onc
                         first = answers[i]
                         assert isinstance(first, httpx.Response)
                         assert first.json()["transaction"]["id"] == paid
-            ledger = (await http.get("/api/v1/billing/transactions", headers=owner.headers)).json()
+            ledger = (await http.get("/api/v1/billing/transactions?limit=500", headers=owner.headers)).json()
             payments = [t for t in ledger["transactions"] if t["kind"] == "payment"]
-            assert len(payments) == BURST and Decimal(str(ledger["credits"])) == PAYMENT * BURST
+            assert len(payments) == pairs and Decimal(str(ledger["credits"])) == PAYMENT * pairs
             spending = (await http.get("/api/v1/guardrails/spending", headers=owner.headers)).json()
             hourly = {w["window"]: w["spent"] for w in spending["windows"]}["hourly"]
-            assert Decimal(str(hourly)) == SPEND * BURST
+            assert Decimal(str(hourly)) == SPEND * pairs
     finally:
         process.terminate()
         process.wait(15)
