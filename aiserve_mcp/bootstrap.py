@@ -36,8 +36,10 @@ from aiserve_mcp.money.payments.stripe_gateway import StripeGateway
 from aiserve_mcp.money.spend_store.base import SpendStore
 from aiserve_mcp.money.spend_store.redis_store import RedisSpendStore
 from aiserve_mcp.money.spend_store.sql import SqlSpendStore
+from aiserve_mcp.serving.fetch import ModelFetcher, fetch_client
 from aiserve_mcp.serving.host import ModelHost
 from aiserve_mcp.serving.store import ModelStore
+from aiserve_mcp.serving.upload_links import UploadLinkStore
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
 from aiserve_mcp.traffic.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
@@ -61,7 +63,9 @@ class Services:
     traffic: Traffic
     costs: CostGate
     model_store: ModelStore
+    upload_links: UploadLinkStore
     model_host: ModelHost
+    model_fetcher: ModelFetcher
     events: EventBus
     payments: PaymentGateway | None
     outbound: httpx.AsyncClient
@@ -140,6 +144,7 @@ class Services:
             traffic=traffic,
             costs=costs,
             model_store=model_store,
+            upload_links=UploadLinkStore(db),
             model_host=ModelHost(
                 model_store,
                 telemetry,
@@ -149,6 +154,9 @@ class Services:
                 threads=settings.model_threads,
                 max_batch=settings.model_max_batch,
                 worker_timeout_s=settings.model_worker_timeout_s,
+            ),
+            model_fetcher=ModelFetcher(
+                fetch_client(), settings.model_fetch_allowed_hosts, settings.model_fetch_timeout_s
             ),
             events=events,
             payments=_payments(settings),
@@ -181,6 +189,7 @@ class Services:
         await self.market.aclose()
         await self.outbound.aclose()
         await self.proxy_client.aclose()
+        await self.model_fetcher.aclose()
         if self.payments is not None:
             await self.payments.aclose()
         if self.redis is not None:

@@ -21,11 +21,13 @@ from aiserve_mcp.protocols.prelude import (
     tool_context,
 )
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
+from aiserve_mcp.rest_compat.upload_links import link_upload
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
 from aiserve_mcp.rest_compat.worker_bundle import bundle_routes
 from aiserve_mcp.tools.billing import handle_payment_webhook
 from aiserve_mcp.tools.registry import Surface, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool, parse_input
+from aiserve_mcp.tools.upload_links import UPLOAD_LINK_PATH
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 WEBHOOK_PATH = "/api/v1/billing/webhook"
@@ -168,6 +170,7 @@ def rest_routes(registry: ToolRegistry) -> list[Route]:
     return [
         Route(WEBHOOK_PATH, payment_webhook, methods=["POST"]),
         Route(UPLOAD_PATH, model_upload, methods=["POST"]),
+        Route(UPLOAD_LINK_PATH, link_upload, methods=["PUT"]),
         *bundle_routes(),
         *(Route(path, _by_method(endpoints), methods=list(endpoints)) for path, endpoints in by_path.items()),
     ]

@@ -25,6 +25,7 @@ from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH
 from aiserve_mcp.rest_compat.worker_bundle import bundle_openapi
 from aiserve_mcp.tools.billing import WebhookOutput
 from aiserve_mcp.tools.registry import Tool, ToolRegistry
+from aiserve_mcp.tools.upload_links import UPLOAD_LINK_PATH
 from aiserve_mcp.tools.uploads import UploadFields, UploadOutput
 
 REF = "#/components/schemas/{model}"
@@ -245,11 +246,42 @@ class _Builder:
                     }
                 },
             },
-            "responses": {
-                "201": _json(self.ref(UploadOutput, "serialization"), "Stored; loading"),
-                **{str(status): self.error_response(status) for status in statuses},
-                "default": _ERROR_RESPONSE,
+            "responses": self.stored(statuses),
+        }
+
+    def stored(self, statuses: list[int]) -> dict[str, Any]:
+        """The responses of an upload route: 201 with the stored model, or the error of ``statuses``."""
+        return {
+            "201": _json(self.ref(UploadOutput, "serialization"), "Stored; loading"),
+            **{str(status): self.error_response(status) for status in statuses},
+            "default": _ERROR_RESPONSE,
+        }
+
+    def upload_link(self) -> dict[str, Any]:
+        """``PUT /api/v1/models/uploads/{token}``: the file's bytes, sent to a link of
+        ``create_model_upload``."""
+        statuses = sorted({*ALWAYS, 400, 401, 404, 409, 413, 429})
+        return {
+            "operationId": "upload_model_by_link",
+            "summary": "Upload a model through a link",
+            "description": "The model file's bytes as the whole body, exactly as many as the link was made "
+            "for. No Authorization: the one-time link made by the create_model_upload tool is the "
+            "credential, and its first PUT spends it, even one that fails (409 CONFLICT after that, and "
+            "once it expired). The model is stored with the link's settings, as its owner's upload.",
+            "parameters": [
+                {
+                    "name": "token",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The link's secret, as upload_url carries it.",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             },
+            "responses": self.stored(statuses),
         }
 
     def webhook(self) -> dict[str, Any]:
@@ -283,6 +315,7 @@ class _Builder:
         for route in ROUTES:
             paths.setdefault(route.path, {})[route.method.lower()] = self.operation(route)
         paths[UPLOAD_PATH] = {"post": self.upload()}
+        paths[UPLOAD_LINK_PATH] = {"put": self.upload_link()}
         paths[WEBHOOK_PATH] = {"post": self.webhook()}
         paths.update(bundle_openapi(self.error_response))
         return paths

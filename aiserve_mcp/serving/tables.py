@@ -1,4 +1,4 @@
-"""Tables of model serving: uploaded models and the upload log that quotas count."""
+"""Tables of model serving: uploaded models, the upload log that quotas count, and upload links."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ class ModelUpload(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+
+
+class ModelUploadLink(Base):
+    """A one-time upload link: the first ``PUT`` to its URL before ``expires_at`` spends it (``used_at``)
+    and stores a model of ``size_bytes`` bytes for ``user_id`` with ``fields`` (the upload settings). Only
+    the SHA-256 of the link's secret is kept."""
+
+    __tablename__ = "model_upload_links"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

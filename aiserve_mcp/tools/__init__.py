@@ -11,6 +11,8 @@ from aiserve_mcp.tools import (
     lb,
     models,
     system,
+    upload_links,
+    uploads,
 )
 from aiserve_mcp.tools.registry import REGISTRY, Tool, ToolContext, ToolRegistry
 
@@ -29,4 +31,6 @@ __all__ = [
     "lb",
     "models",
     "system",
+    "upload_links",
+    "uploads",
 ]

@@ -23,8 +23,10 @@ from aiserve_mcp.gpu.market import GpuMarket
 from aiserve_mcp.gpu.preferences import GpuPreferenceStore
 from aiserve_mcp.money.costs import CostGate
 from aiserve_mcp.money.payments.base import PaymentGateway
+from aiserve_mcp.serving.fetch import ModelFetcher
 from aiserve_mcp.serving.host import ModelHost
 from aiserve_mcp.serving.store import ModelStore
+from aiserve_mcp.serving.upload_links import UploadLinkStore
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.traffic.service import Traffic
 
@@ -72,12 +74,17 @@ class MoneyPort(Protocol):
 
 
 class ServingPort(Protocol):
-    """Uploaded models (their store) and the host that loads and runs them."""
+    """Uploaded models (their store), the fetcher that downloads them from URLs, and the host that loads
+    and runs them."""
 
     @property
     def model_store(self) -> ModelStore: ...
     @property
+    def upload_links(self) -> UploadLinkStore: ...
+    @property
     def model_host(self) -> ModelHost: ...
+    @property
+    def model_fetcher(self) -> ModelFetcher: ...
     @property
     def settings(self) -> Settings: ...
 

@@ -1,10 +1,12 @@
-"""Where the proxy may connect: an instance's recorded endpoint, checked and pinned to the address checked.
+"""Where this server may connect: every address a name resolves to is checked, and the connection is pinned
+to the address checked.
 
-A provider's record could name any host, so every address the name resolves to is checked: loopback,
-private, link-local (cloud metadata at 169.254.169.254), multicast and reserved ranges are refused unless
-the instance is this host's own worker (which must then be on loopback) or ``AISERVE_PROXY_ALLOW_PRIVATE``
-is set for instances on a private network. The connection then goes to the address that was checked, so
-a name that resolves differently a moment later (DNS rebinding) changes nothing.
+Loopback, private, link-local (cloud metadata at 169.254.169.254), multicast and reserved ranges are not
+``public``. The proxy's ``vet_endpoint`` refuses an instance's recorded endpoint there unless the instance
+is this host's own worker (which must then be on loopback) or ``AISERVE_PROXY_ALLOW_PRIVATE`` is set for
+instances on a private network; the model fetcher (``serving.fetch``) checks each URL it follows with the
+same ``resolve`` and ``public``. The connection then goes to the address that was checked, so a name that
+resolves differently a moment later (DNS rebinding) changes nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +29,25 @@ class Upstream:
     host_header: str  # the name the instance answers to
 
 
-def _public(address: IpAddress) -> bool:
+def public(address: IpAddress) -> bool:
+    """Whether ``address`` is on the public internet: not loopback, private, link-local, multicast or
+    reserved (an IPv4-mapped IPv6 address is judged as the IPv4 address it maps)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_global and not address.is_multicast
+
+
+async def resolve(host: str, port: int, what: str) -> list[IpAddress]:
+    """Every address ``host`` resolves to, in the resolver's order; ``UpstreamFailed`` naming ``what`` (the
+    instance's address, say) when it resolves to nothing."""
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise UpstreamFailed(f"cannot resolve {what} {host!r}") from None
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not addresses:
+        raise UpstreamFailed(f"{what} {host!r} resolves to nothing")
+    return addresses
 
 
 async def vet_endpoint(endpoint: str, *, loopback_only: bool, allow_private: bool) -> Upstream:
@@ -39,17 +56,11 @@ async def vet_endpoint(endpoint: str, *, loopback_only: bool, allow_private: boo
     if url.scheme != "http" or not url.host or url.userinfo:
         raise Forbidden("the instance's endpoint is not a plain http://host:port address")
     port = url.port or 80
-    try:
-        infos = await anyio.getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise UpstreamFailed(f"cannot resolve the instance's address {url.host!r}") from None
-    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    if not addresses:
-        raise UpstreamFailed(f"the instance's address {url.host!r} resolves to nothing")
+    addresses = await resolve(url.host, port, "the instance's address")
     if loopback_only:
         allowed = all(a.is_loopback for a in addresses)
     else:
-        allowed = allow_private or all(_public(a) for a in addresses)
+        allowed = allow_private or all(public(a) for a in addresses)
     if not allowed:
         raise Forbidden(
             "the instance's endpoint is a loopback, private, link-local or reserved address; only this "

@@ -170,8 +170,7 @@ async def test_a_key_sees_only_what_its_scopes_allow(
         tools = {t.name for t in (await client.list_tools()).tools}
         assert {"list_models", "get_model", "predict", "list_model_formats"} <= tools
         assert all(REGISTRY.get(name).scope in (None, "models:read") for name in tools)
-        prompts = [p.name for p in (await client.list_prompts()).prompts]
-        assert prompts == ["deploy_and_test_model"]
+        assert (await client.list_prompts()).prompts == []  # deploying a model uploads it: models:write
         with pytest.raises(MCPError) as refused:
             await client.read_resource("aiserve://spending")
         assert refused.value.code == -32003 and "guardrails:read" in refused.value.message
@@ -179,6 +178,9 @@ async def test_a_key_sees_only_what_its_scopes_allow(
         with pytest.raises(MCPError) as hidden:
             await client.get_prompt("review_spending")
         assert hidden.value.code == types.INVALID_PARAMS
+    writer = await api_key(http, owner, scopes=["models:read", "models:write"])
+    async with connect(live_server.url, writer, "streamable-modern") as client:
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["deploy_and_test_model"]
 
 
 def tools_named(text: str) -> set[str]:

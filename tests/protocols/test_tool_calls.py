@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from aiserve_mcp.core.errors import ValidationFailed
-from aiserve_mcp.protocols.a2a.surface import CALLS as A2A_CALLS
+from aiserve_mcp.protocols.a2a.calls import CALLS as A2A_CALLS
 from aiserve_mcp.protocols.agent_door.message import CONTENT_CALLS, NotUnderstood
 from aiserve_mcp.protocols.tool_calls import ToolCall
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from a2a.auth.user import UnauthenticatedUser, User
 from a2a.compat.v0_3.conversions import to_compat_agent_card
-from a2a.helpers import get_data_parts, new_data_part, new_task
+from a2a.helpers import new_data_part, new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
@@ -38,9 +38,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from aiserve_mcp.core.errors import AiserveError, NotFound, ValidationFailed, error_body
+from aiserve_mcp.core.errors import AiserveError, NotFound, error_body
 from aiserve_mcp.core.outages import unexpected
 from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.protocols.a2a.calls import call_in
 from aiserve_mcp.protocols.a2a.card import (
     A2A_PATH,
     CALL_FORMAT,
@@ -52,7 +53,6 @@ from aiserve_mcp.protocols.a2a.card import (
     tools_by_area,
 )
 from aiserve_mcp.protocols.prelude import CallerGuard, principal_of, tool_context
-from aiserve_mcp.protocols.tool_calls import CallSyntax, Flaw, ToolCall
 from aiserve_mcp.tools.ports import Ports
 from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
@@ -97,42 +97,6 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
     def build_user(self, request: Request) -> User:
         principal = principal_of(request.scope)
         return UnauthenticatedUser() if principal is None else PrincipalUser(principal)
-
-
-def _malformed_call(flaw: Flaw, name: str | None) -> ValidationFailed:
-    if flaw is Flaw.ARGUMENTS_NOT_OBJECT:
-        return ValidationFailed(f"the arguments of '{name}' must be an object", {"format": CALL_FORMAT})
-    return ValidationFailed("the tool name must be a non-empty string", {"format": CALL_FORMAT})
-
-
-CALLS = CallSyntax(("tool", "skill", "action"), ("arguments", "args", "data"), _malformed_call)
-
-
-def _integral(value: Any) -> Any:
-    """Whole numbers back to ints: A2A data parts are protobuf Values, which hold every number as a double."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
-
-
-def call_in(message: Message | None) -> ToolCall | None:
-    """The tool call the first data part that names a tool asks for; ``None`` when the message has no
-    data part."""
-    parts = get_data_parts(message.parts) if message is not None else []
-    if not parts:
-        return None
-    for data in parts:
-        if isinstance(data, dict) and CALLS.names_a_tool(data):
-            call = CALLS.read(data)
-            return ToolCall(call.name, _integral(call.arguments))
-    raise ValidationFailed(
-        'a data part must name the tool to run: {"tool": "<name>", "arguments": {...}}',
-        {"format": CALL_FORMAT},
-    )
 
 
 def _json_safe(data: dict[str, Any]) -> dict[str, Any]:

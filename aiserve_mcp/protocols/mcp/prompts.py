@@ -86,10 +86,14 @@ def _deploy_and_test(args: DeployArgs) -> str:
 to step 4.
 2. Call `list_model_formats` to check that the file's format is recognised and servable on this server, \
 and `get_quota` to check that it fits (bytes left, largest file accepted, uploads left this hour and day).
-3. Have the file uploaded: MCP cannot carry files, so the user (or a program with shell access) uploads it \
-over REST with a key that holds the models:write scope:
-   curl -X POST <server>/api/v1/models/upload -H "Authorization: Bearer <API key>" -F model=@<file> \
--F name=<name>
+3. Call `upload_model` with the file given one way, plus a name (and gpu_required, replicas... when \
+wanted):
+   - 'url': where the file is online (a model hub, a bucket, a release asset); the server downloads it.
+   - 'content_base64': the file's bytes, for a file of at most 2 MiB, with 'filename' (e.g. model.onnx).
+   - 'path': a file on the user's machine, only when this server runs as 'aiserve mcp' on that machine.
+   For a larger file that is only on the user's computer, call `create_model_upload` with its size_bytes \
+and give the user the 'curl' command it returns; the model appears once they run it (then call \
+`list_models` for its id).
    The answer carries 'model_id' and status 'loading', or 'stored' with the reason it cannot be served here.
 4. Call `get_model` with model_id until status is 'ready' (it loads in the background). On 'failed' or \
 'stored', report status_reason and stop. Note its 'signature': each input's name, dtype and shape (null: \
@@ -185,12 +189,21 @@ PROMPTS: Final[tuple[PromptSpec[Any], ...]] = (
     PromptSpec(
         "deploy_and_test_model",
         "Deploy and test a model",
-        "Guides the agent through serving one model: checking its format and the storage quota, the REST "
-        "upload (MCP cannot carry files), waiting until it is ready, one prediction from its signature, and "
-        "its measured latency.",
+        "Guides the agent through serving one model: checking its format and the storage quota, uploading "
+        "it (from a URL, inline, a local path over stdio, or a one-time link), waiting until it is ready, "
+        "one prediction from its signature, and its measured latency.",
         DeployArgs,
         _deploy_and_test,
-        ("list_models", "list_model_formats", "get_quota", "get_model", "predict", "get_model_metrics"),
+        (
+            "list_models",
+            "list_model_formats",
+            "get_quota",
+            "upload_model",
+            "create_model_upload",
+            "get_model",
+            "predict",
+            "get_model_metrics",
+        ),
     ),
     PromptSpec(
         "review_spending",
