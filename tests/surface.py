@@ -21,14 +21,12 @@ from typing import Any
 from unittest import mock
 
 import httpx
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.cli import build_parser
 from aiserve_mcp.core.settings import Settings
 from tests.conftest import serve, sign_up
+from tests.mcp_clients import mcp_client
 
 SNAPSHOT = Path(__file__).with_name("surface.json")
 SERVER = "http://SERVER"
@@ -60,10 +58,7 @@ async def _served(url: str) -> dict[str, Any]:
         account = await sign_up(http)
         openapi = (await http.get("/openapi.json")).json()
         card = (await http.get("/.well-known/agent-card.json")).json()
-    async with (
-        httpx2.AsyncClient(headers=account.headers, timeout=30) as mcp_http,
-        Client(streamable_http_client(url + "/api/v1/mcp", http_client=mcp_http)) as mcp,
-    ):
+    async with mcp_client(url, account.access_token) as mcp:
         mcp_surface = {
             "tools": _dump((await mcp.list_tools()).tools),
             "prompts": _dump((await mcp.list_prompts()).prompts),

@@ -9,20 +9,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
-from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from tests.conftest import Account, app_client, asgi_client, funded, running, serve, sign_up
 from tests.fakes.ionet_api.server import API, ionet_app
 from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
+from tests.mcp_clients import mcp_client
 
 VAST_OFFERS = [
     {
@@ -386,10 +383,7 @@ async def test_reserve_reports_progress_to_mcp_clients(market: Market) -> None:
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             updates.append((progress, total, message))
 
-        async with (
-            httpx2.AsyncClient(headers={"Authorization": f"Bearer {owner.access_token}"}, timeout=30) as h,
-            Client(streamable_http_client(url + MCP_PATH, http_client=h), mode="legacy") as client,
-        ):
+        async with mcp_client(url, owner.access_token, "streamable-legacy") as client:
             result = await client.call_tool(
                 "reserve_gpus",
                 {"count": 2, "filters": {"provider": "vastai", "gpu_model": "RTX 4090"}},

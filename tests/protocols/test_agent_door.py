@@ -11,8 +11,6 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from starlette.datastructures import Headers
 from starlette.routing import Route
 
@@ -38,6 +36,7 @@ from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from aiserve_mcp.protocols.tool_calls import ToolCall
 from aiserve_mcp.tools import REGISTRY
 from tests.conftest import Account, LiveServer, api_key, app_client, sign_up
+from tests.mcp_clients import Transport, mcp_client
 
 PROTOCOLS = {name for name, _ in SUPPORTED}
 WHOAMI = {"tool": "whoami", "arguments": {}}
@@ -330,8 +329,8 @@ def protocol_of(response: httpx.Response) -> str | None:
     return protocol
 
 
-@pytest.mark.parametrize("mode", ["auto", "legacy"])  # the stateless era, and the initialize handshake
-async def test_mcp_sdk_client_through_the_door(live_server: LiveServer, mode: str) -> None:
+@pytest.mark.parametrize("transport", ["streamable-modern", "streamable-legacy"])
+async def test_mcp_sdk_client_through_the_door(live_server: LiveServer, transport: Transport) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         key = await api_key(http, await sign_up(http), scopes=["account:read", "system:read"])
     tagged: list[str | None] = []
@@ -339,12 +338,9 @@ async def test_mcp_sdk_client_through_the_door(live_server: LiveServer, mode: st
     async def record(response: httpx2.Response) -> None:
         tagged.append(response.headers.get(PROTOCOL_HEADER))
 
-    async with (
-        httpx2.AsyncClient(
-            headers={"X-API-Key": key}, timeout=30, event_hooks={"response": [record]}
-        ) as http2,
-        Client(streamable_http_client(live_server.url + AGENT_PATH, http_client=http2), mode=mode) as client,
-    ):
+    async with mcp_client(
+        live_server.url, None, transport, path=AGENT_PATH, headers={"X-API-Key": key}, on_response=record
+    ) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         assert {"whoami", "system_stats"} <= names and "create_api_key" not in names
     assert tagged and set(tagged) == {"mcp"}

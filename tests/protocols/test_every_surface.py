@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -21,16 +20,14 @@ import httpx
 import httpx2
 import pytest
 from a2a.client import A2ACardResolver, A2AClientError, ClientConfig, create_client
-from mcp import Client
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 
 from aiserve_mcp.core.errors import ERROR_TABLE
 from aiserve_mcp.protocols.agent_door.door import AGENT_PATH, PROTOCOL_HEADER
-from aiserve_mcp.protocols.mcp.http import MCP_PATH, SSE_PATH
+from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.tools.registry import Surface
 from tests.conftest import Account, LiveServer, api_key, sign_up
+from tests.mcp_clients import Transport, mcp_client
 from tests.protocols.test_a2a import COMPLETED, artifact_data, call, refusal_body, run
 
 HTTP_STATUS = {kind.code: kind.http_status for kind in ERROR_TABLE.values()}
@@ -111,39 +108,18 @@ class Rest:
 
 @dataclass(frozen=True)
 class Mcp:
-    """The official MCP client at ``path``: Streamable HTTP in ``mode`` (auto: the stateless era; legacy:
-    2025-11-25 with its handshake), or legacy SSE."""
+    """The official MCP client over ``transport``, its Streamable HTTP endpoint at ``path``."""
 
-    path: str
-    mode: str = "auto"
+    transport: Transport
+    path: str = MCP_PATH
     label: ClassVar[Surface] = Surface.MCP
-
-    @asynccontextmanager
-    async def _connect(self, url: str, credential: str | None, hook: Refusals) -> AsyncIterator[Client]:
-        def client(
-            headers: dict[str, str] | None = None,
-            timeout: httpx2.Timeout | None = None,
-            auth: httpx2.Auth | None = None,
-        ) -> httpx2.AsyncClient:
-            return httpx2.AsyncClient(
-                headers=headers, timeout=timeout or 30, auth=auth, event_hooks={"response": [hook]}
-            )
-
-        if self.path == SSE_PATH:
-            transport = sse_client(url + SSE_PATH, headers=bearer(credential), httpx_client_factory=client)
-            async with Client(transport, mode="legacy") as sse:
-                yield sse
-            return
-        async with (
-            client(bearer(credential)) as http,
-            Client(streamable_http_client(url + self.path, http_client=http), mode=self.mode) as streamable,
-        ):
-            yield streamable
 
     async def call(self, url: str, credential: str | None, tool: str, arguments: dict[str, Any]) -> Outcome:
         refusals = Refusals()
         try:
-            async with self._connect(url, credential, refusals) as client:
+            async with mcp_client(
+                url, credential, self.transport, path=self.path, on_response=refusals
+            ) as client:
                 answer = await client.call_tool(tool, arguments)
         except Exception as error:  # the SDK's task groups wrap what the transport raised
             return refusals.outcome(error)
@@ -205,13 +181,13 @@ class Envelope:
 
 DRIVERS: dict[str, Driver] = {
     "rest": Rest(),
-    "mcp": Mcp(MCP_PATH),
-    "mcp-2025-11-25": Mcp(MCP_PATH, "legacy"),
-    "mcp-sse": Mcp(SSE_PATH),
+    "mcp": Mcp("streamable-modern"),
+    "mcp-2025-11-25": Mcp("streamable-legacy"),
+    "mcp-sse": Mcp("sse-legacy"),
     "a2a": A2a(),
     "agent-door-envelope": Envelope(),
-    "agent-door-mcp": Mcp(AGENT_PATH),
-    "agent-door-mcp-2025-11-25": Mcp(AGENT_PATH, "legacy"),
+    "agent-door-mcp": Mcp("streamable-modern", AGENT_PATH),
+    "agent-door-mcp-2025-11-25": Mcp("streamable-legacy", AGENT_PATH),
 }
 
 

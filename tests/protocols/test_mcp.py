@@ -5,44 +5,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 
-from aiserve_mcp.protocols.mcp.http import MCP_PATH, SSE_PATH
+from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from tests.conftest import Account, LiveServer, api_key, sign_up
-
-ConnectFn = Callable[[str, str], AbstractAsyncContextManager[Client]]
-
-
-@asynccontextmanager
-async def streamable(url: str, credential: str, mode: str) -> AsyncIterator[Client]:
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=30) as http,
-        Client(streamable_http_client(url + MCP_PATH, http_client=http), mode=mode) as client,
-    ):
-        yield client
-
-
-@asynccontextmanager
-async def legacy_sse(url: str, credential: str) -> AsyncIterator[Client]:
-    transport = sse_client(url + SSE_PATH, headers={"Authorization": f"Bearer {credential}"})
-    async with Client(transport, mode="legacy") as client:
-        yield client
-
-
-TRANSPORTS: dict[str, ConnectFn] = {
-    "streamable-modern": lambda url, cred: streamable(url, cred, "auto"),
-    "streamable-legacy": lambda url, cred: streamable(url, cred, "legacy"),
-    "sse-legacy": legacy_sse,
-}
+from tests.mcp_clients import TRANSPORTS, Transport, mcp_client
 
 
 @pytest.fixture
@@ -51,11 +23,11 @@ async def live_account(live_server: LiveServer) -> AsyncIterator[Account]:
         yield await sign_up(http)
 
 
-@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_each_transport_negotiates_its_version_and_lists_tools(
-    transport: str, live_server: LiveServer, live_account: Account
+    transport: Transport, live_server: LiveServer, live_account: Account
 ) -> None:
-    async with TRANSPORTS[transport](live_server.url, live_account.access_token) as client:
+    async with mcp_client(live_server.url, live_account.access_token, transport) as client:
         if transport == "streamable-modern":
             assert client.protocol_version == "2026-07-28"
         else:
@@ -74,7 +46,7 @@ async def test_each_transport_negotiates_its_version_and_lists_tools(
 async def test_api_key_scopes_filter_the_tool_list(live_server: LiveServer, live_account: Account) -> None:
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         key = await api_key(http, live_account, scopes=["system:read"])
-    async with streamable(live_server.url, key, "auto") as client:
+    async with mcp_client(live_server.url, key) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         assert "system_stats" in names
         assert "export_account" not in names and "create_api_key" not in names

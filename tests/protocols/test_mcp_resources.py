@@ -7,18 +7,14 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
-import httpx2
 import pytest
 from mcp import Client, types
 from mcp.client.session import IncomingMessage
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 from pydantic import SecretStr
@@ -30,36 +26,18 @@ from starlette.routing import Route
 from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.dev import mcp_conformance
-from aiserve_mcp.protocols.mcp.http import MCP_PATH, SSE_PATH
+from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from aiserve_mcp.protocols.mcp.prompts import PROMPTS
 from aiserve_mcp.protocols.mcp.server import build_mcp_server
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.common import NoInput
 from aiserve_mcp.tools.registry import Annotations, Surface, Tool, ToolContext, ToolRegistry
 from tests.conftest import Account, LiveServer, api_key, serve, sign_up
+from tests.mcp_clients import TRANSPORTS, Transport, mcp_client
 from tests.serving.test_models import mlp_bytes, upload
 
 MODERN_NOT_FOUND = -32602
 LEGACY_NOT_FOUND = -32002
-
-
-@asynccontextmanager
-async def connect(url: str, credential: str, transport: str, **options: Any) -> AsyncIterator[Client]:
-    """The official client over ``transport``: streamable-modern, streamable-legacy or sse-legacy."""
-    if transport == "sse-legacy":
-        sse = sse_client(url + SSE_PATH, headers={"Authorization": f"Bearer {credential}"})
-        async with Client(sse, mode="legacy", **options) as client:
-            yield client
-        return
-    mode = "auto" if transport == "streamable-modern" else "legacy"
-    async with (
-        httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=30) as http,
-        Client(streamable_http_client(url + MCP_PATH, http_client=http), mode=mode, **options) as client,
-    ):
-        yield client
-
-
-TRANSPORTS = ["streamable-modern", "streamable-legacy", "sse-legacy"]
 
 
 @pytest.fixture
@@ -99,12 +77,12 @@ async def read_json(client: Client, uri: str) -> Any:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_resources_are_the_rest_answers(
-    transport: str, live_server: LiveServer, http: httpx.AsyncClient
+    transport: Transport, live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
     owner = await sign_up(http)
     contract_id = await rent_local(http, owner)
     model_id = await ready_model(http, owner)
-    async with connect(live_server.url, owner.access_token, transport) as client:
+    async with mcp_client(live_server.url, owner.access_token, transport) as client:
         listed = (await client.list_resources()).resources
         assert [r.uri for r in listed] == [
             "aiserve://instances",
@@ -136,13 +114,13 @@ async def test_resources_are_the_rest_answers(
 
 @pytest.mark.parametrize("transport", ["streamable-modern", "sse-legacy"])
 async def test_unknown_uris_and_other_users_items_are_not_found(
-    transport: str, live_server: LiveServer, http: httpx.AsyncClient
+    transport: Transport, live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
     owner, other = await sign_up(http), await sign_up(http)
     contract_id = await rent_local(http, owner)
     model_id = await ready_model(http, owner)
     code = MODERN_NOT_FOUND if transport == "streamable-modern" else LEGACY_NOT_FOUND
-    async with connect(live_server.url, other.access_token, transport) as client:
+    async with mcp_client(live_server.url, other.access_token, transport) as client:
         for uri in (
             f"aiserve://instances/{contract_id}",
             f"aiserve://models/{model_id}",
@@ -163,7 +141,7 @@ async def test_a_key_sees_only_what_its_scopes_allow(
 ) -> None:
     owner = await sign_up(http)
     key = await api_key(http, owner, scopes=["models:read"])
-    async with connect(live_server.url, key, "streamable-modern") as client:
+    async with mcp_client(live_server.url, key, "streamable-modern") as client:
         assert [r.uri for r in (await client.list_resources()).resources] == ["aiserve://models"]
         templates = (await client.list_resource_templates()).resource_templates
         assert [t.uri_template for t in templates] == ["aiserve://models/{model_id}"]
@@ -179,7 +157,7 @@ async def test_a_key_sees_only_what_its_scopes_allow(
             await client.get_prompt("review_spending")
         assert hidden.value.code == types.INVALID_PARAMS
     writer = await api_key(http, owner, scopes=["models:read", "models:write"])
-    async with connect(live_server.url, writer, "streamable-modern") as client:
+    async with mcp_client(live_server.url, writer, "streamable-modern") as client:
         assert [p.name for p in (await client.list_prompts()).prompts] == ["deploy_and_test_model"]
 
 
@@ -191,7 +169,7 @@ async def test_prompts_name_only_real_tools_and_validate_their_arguments(
     live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
     owner = await sign_up(http)
-    async with connect(live_server.url, owner.access_token, "streamable-modern") as client:
+    async with mcp_client(live_server.url, owner.access_token, "streamable-modern") as client:
         listed = {p.name: p for p in (await client.list_prompts()).prompts}
         assert list(listed) == ["find_cheapest_gpu", "deploy_and_test_model", "review_spending"]
         cheapest = listed["find_cheapest_gpu"]
@@ -272,7 +250,9 @@ async def test_legacy_subscriptions_send_updates_from_the_event_bus(
 ) -> None:
     owner, other = await sign_up(http), await sign_up(http)
     updates = Updates()
-    async with connect(live_server.url, owner.access_token, "sse-legacy", message_handler=updates) as client:
+    async with mcp_client(
+        live_server.url, owner.access_token, "sse-legacy", message_handler=updates
+    ) as client:
         assert client.server_capabilities.resources is not None
         assert client.server_capabilities.resources.subscribe is True
         for uri in ("aiserve://instances", "aiserve://models", "aiserve://spending"):
@@ -313,7 +293,7 @@ async def test_listen_streams_updates_on_the_stateless_endpoint(
     live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
     owner = await sign_up(http)
-    async with connect(live_server.url, owner.access_token, "streamable-modern") as client:
+    async with mcp_client(live_server.url, owner.access_token, "streamable-modern") as client:
         wanted = [
             "aiserve://instances",
             "aiserve://gpu/catalog",
@@ -338,7 +318,7 @@ async def test_subscribe_is_refused_where_nothing_can_be_pushed(
     live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
     owner = await sign_up(http)
-    async with connect(live_server.url, owner.access_token, "streamable-legacy") as client:
+    async with mcp_client(live_server.url, owner.access_token, "streamable-legacy") as client:
         with pytest.raises(MCPError) as refused:
             await client.subscribe_resource("aiserve://instances")
         assert refused.value.code == types.INVALID_REQUEST and "subscriptions/listen" in refused.value.message
@@ -389,11 +369,13 @@ def finished_calls(app: Starlette, tool: str) -> float:
 
 
 @pytest.mark.parametrize("transport", ["sse-legacy", "streamable-modern", "streamable-legacy"])
-async def test_cancelling_a_call_cancels_the_tool(transport: str, stalled_market: StalledMarket) -> None:
+async def test_cancelling_a_call_cancels_the_tool(
+    transport: Transport, stalled_market: StalledMarket
+) -> None:
     server = stalled_market.server
     async with httpx.AsyncClient(base_url=server.url) as plain:
         owner = await sign_up(plain)
-    async with connect(server.url, owner.access_token, transport) as client:
+    async with mcp_client(server.url, owner.access_token, transport) as client:
         async with anyio.create_task_group() as calls:
             calls.start_soon(
                 client.call_tool, "reserve_gpus", {"count": 1, "filters": {"provider": "vastai"}}
@@ -470,7 +452,7 @@ async def test_conformance_fixtures_are_absent_by_default(
     live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
     owner = await sign_up(http)
-    async with connect(live_server.url, owner.access_token, "streamable-legacy") as client:
+    async with mcp_client(live_server.url, owner.access_token, "streamable-legacy") as client:
         tools = {t.name for t in (await client.list_tools()).tools}
         assert not tools & set(mcp_conformance.TOOLS)
         assert not [r for r in (await client.list_resources()).resources if r.uri.startswith("test://")]
@@ -487,7 +469,7 @@ async def test_conformance_fixtures_are_absent_by_default(
 
 
 @pytest.mark.parametrize("transport", ["streamable-modern", "streamable-legacy"])
-async def test_conformance_fixtures_when_enabled(transport: str, settings: Settings) -> None:
+async def test_conformance_fixtures_when_enabled(transport: Transport, settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"mcp_conformance_fixtures": True}))
     async with serve(app) as url:
         async with httpx.AsyncClient(base_url=url) as plain:
@@ -497,7 +479,7 @@ async def test_conformance_fixtures_when_enabled(transport: str, settings: Setti
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             reported.append(progress)
 
-        async with connect(url, owner.access_token, transport) as client:
+        async with mcp_client(url, owner.access_token, transport) as client:
             tools = {t.name for t in (await client.list_tools()).tools}
             assert set(mcp_conformance.TOOLS) <= tools and "whoami" in tools
             text = await client.call_tool("test_simple_text", {})

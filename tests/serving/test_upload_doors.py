@@ -31,8 +31,8 @@ from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.agent_door.door import AGENT_PATH
 from aiserve_mcp.tools.uploads import INLINE_MAX_BYTES
 from tests.conftest import api_key, serve, sign_up
+from tests.mcp_clients import mcp_client
 from tests.protocols.test_a2a import COMPLETED, a2a, events, request, run
-from tests.protocols.test_mcp import streamable
 from tests.serving.test_models import Pwned, mlp_bytes
 
 MODEL = mlp_bytes(7)
@@ -127,7 +127,7 @@ async def test_an_agent_uploads_from_a_url_with_progress_then_predicts(
         async def progress(progress: float, total: float | None, message: str | None) -> None:
             reported.append((progress, total))
 
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             uploaded = structured(
                 await client.call_tool(
                     "upload_model",
@@ -155,7 +155,7 @@ async def test_a_private_address_is_refused_unless_the_operator_allows_its_host(
     async with platform(settings, tmp_path, allow_files=False) as p:
         async with httpx.AsyncClient(base_url=p.url) as http:
             owner = await sign_up(http)
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             body = refusal(await client.call_tool("upload_model", {"url": f"{p.files}/models/mlp.onnx"}))
             assert body["code"] == "FORBIDDEN" and "AISERVE_MODEL_FETCH_ALLOWED_HOSTS" in body["error"]
             assert await quota(client) == (0, 0)
@@ -166,7 +166,7 @@ async def test_a_redirect_to_the_metadata_address_is_refused(settings: Settings,
     async with platform(settings, tmp_path) as p:
         async with httpx.AsyncClient(base_url=p.url) as http:
             owner = await sign_up(http)
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             body = refusal(await client.call_tool("upload_model", {"url": f"{p.files}/models/moved.onnx"}))
             assert body["code"] == "FORBIDDEN"
             assert await quota(client) == (0, 0)
@@ -177,7 +177,7 @@ async def test_inline_content_below_its_limit_and_above_it(settings: Settings, t
     async with platform(settings, tmp_path) as p:
         async with httpx.AsyncClient(base_url=p.url) as http:
             owner = await sign_up(http)
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             inline = base64.b64encode(MODEL).decode()
             uploaded = structured(
                 await client.call_tool("upload_model", {"content_base64": inline, "filename": "m.onnx"})
@@ -212,7 +212,7 @@ async def test_a_local_path_works_on_stdio_only(
         async with httpx.AsyncClient(base_url=p.url) as http:
             owner = await sign_up(http)
             key = await api_key(http, owner)
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             body = refusal(await client.call_tool("upload_model", {"path": str(model_file)}))
             assert body["code"] == "FORBIDDEN" and "aiserve mcp" in body["error"]
             assert await quota(client) == (0, 0)
@@ -228,7 +228,7 @@ async def test_a_local_path_works_on_stdio_only(
             pickled = structured(await local.call_tool("upload_model", {"path": str(pickle_file)}))
             missing = refusal(await local.call_tool("upload_model", {"path": str(tmp_path / "nothing.onnx")}))
             assert missing["code"] == "VALIDATION_ERROR"
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             assert (await settled(client, uploaded["model_id"]))["status"] == "ready"
             assert (await settled(client, pickled["model_id"]))["status"] == "stored"
             assert await quota(client) == (len(MODEL) + pickle_file.stat().st_size, 2)
@@ -254,7 +254,7 @@ async def test_every_door_counts_the_same_and_never_runs_a_pickle(settings: Sett
             return str(answer.json()["model_id"])
 
         async def mcp(arguments: dict[str, Any]) -> str:
-            async with streamable(p.url, owner.access_token, "auto") as client:
+            async with mcp_client(p.url, owner.access_token) as client:
                 return str(structured(await client.call_tool("upload_model", arguments))["model_id"])
 
         async def a2a_file(part: Part) -> str:
@@ -291,7 +291,7 @@ async def test_every_door_counts_the_same_and_never_runs_a_pickle(settings: Sett
             ),
             (await agent_door(inline(MODEL, "mlp.onnx")), await agent_door(inline(hostile, "model.pkl"))),
         ]
-        async with streamable(p.url, owner.access_token, "auto") as client:
+        async with mcp_client(p.url, owner.access_token) as client:
             for served, pickled in uploads:
                 assert (await settled(client, served))["status"] == "ready"
                 stored = await settled(client, pickled)

@@ -26,7 +26,7 @@ from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.tools.upload_links import FILE_PLACEHOLDER
 from tests.conftest import Account, LiveServer, free_port, serve, sign_up
-from tests.protocols.test_mcp import streamable
+from tests.mcp_clients import mcp_client
 from tests.serving.test_models import Pwned, mlp_bytes, upload
 
 MAX_FILE_BYTES = QUOTA_BYTES = 2_000_000
@@ -105,7 +105,7 @@ def leftovers(live: LiveServer) -> list[Path]:
 async def test_a_link_takes_one_file_that_serves_like_a_rest_upload(
     live: LiveServer, http: httpx.AsyncClient, owner: Account, tmp_path: Path
 ) -> None:
-    async with streamable(live.url, owner.access_token, "auto") as mcp:
+    async with mcp_client(live.url, owner.access_token) as mcp:
         content = mlp_bytes()
         link = await link_for(mcp, content, name="mlp", version="2.0.0", expires_in_s=60)
         assert link["method"] == "PUT" and link["size_bytes"] == len(content)
@@ -168,7 +168,7 @@ async def test_a_link_takes_one_file_that_serves_like_a_rest_upload(
 
 
 async def test_a_link_that_expired_is_refused(live: LiveServer, owner: Account) -> None:
-    async with streamable(live.url, owner.access_token, "auto") as mcp:
+    async with mcp_client(live.url, owner.access_token) as mcp:
         content = mlp_bytes()
         services: Services = live.app.state.services
         _, secret = await services.upload_links.create(owner.user_id, {}, len(content), timedelta(seconds=-1))
@@ -221,7 +221,7 @@ async def test_a_body_of_another_size_is_refused_and_nothing_is_stored(
         for start in range(0, len(data), 1000):
             yield data[start : start + 1000]
 
-    async with streamable(live.url, owner.access_token, "auto") as mcp:
+    async with mcp_client(live.url, owner.access_token) as mcp:
         bodies: list[tuple[bytes | AsyncIterator[bytes], int]] = [
             (content + b"\0" * 10, 413),
             (content[:-1], 400),
@@ -254,7 +254,7 @@ async def test_an_unknown_link_is_not_found(http: httpx.AsyncClient) -> None:
 async def test_of_two_concurrent_puts_exactly_one_is_stored(
     live: LiveServer, owner: Account, http: httpx.AsyncClient
 ) -> None:
-    async with streamable(live.url, owner.access_token, "auto") as mcp:
+    async with mcp_client(live.url, owner.access_token) as mcp:
         content = mlp_bytes()
         url = (await link_for(mcp, content))["upload_url"]
         answers = await asyncio.gather(*(http.put(url, content=content) for _ in range(2)))
@@ -265,7 +265,7 @@ async def test_of_two_concurrent_puts_exactly_one_is_stored(
 async def test_a_pickle_sent_through_a_link_is_stored_and_never_loaded(
     live: LiveServer, owner: Account, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    async with streamable(live.url, owner.access_token, "auto") as mcp:
+    async with mcp_client(live.url, owner.access_token) as mcp:
         marker = tmp_path / "pwned"
         content = pickle.dumps(Pwned(marker))
         stored = await http.put((await link_for(mcp, content))["upload_url"], content=content)
@@ -279,7 +279,7 @@ async def test_a_pickle_sent_through_a_link_is_stored_and_never_loaded(
 
 
 async def test_a_link_is_refused_for_a_file_that_cannot_fit(live: LiveServer, owner: Account) -> None:
-    async with streamable(live.url, owner.access_token, "auto") as mcp:
+    async with mcp_client(live.url, owner.access_token) as mcp:
         over_file_limit = await refusal(mcp, "create_model_upload", {"size_bytes": MAX_FILE_BYTES + 1})
         assert (
             over_file_limit["code"] == "VALIDATION_ERROR"
