@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +28,7 @@ from aiserve_mcp.protocols.websocket import websocket_routes
 from aiserve_mcp.rest_compat.endpoint import rest_routes
 from aiserve_mcp.rest_compat.fast_predict import PredictFastPath
 from aiserve_mcp.rest_compat.openapi import openapi_document
+from aiserve_mcp.rest_compat.upload_links import HIDE_LINK_TOKENS
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.registry import Surface
 
@@ -54,6 +56,7 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
+    logging.getLogger("uvicorn.access").addFilter(HIDE_LINK_TOKENS)  # once: the filter is one object
     services = Services.create(settings)
     mcp_server = build_mcp_server(
         services, REGISTRY, request_principal, request_address_resolver(settings), surface=Surface.MCP

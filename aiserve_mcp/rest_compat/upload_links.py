@@ -10,6 +10,7 @@ link's size does) and stored for the link's owner exactly as a REST upload of th
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -20,7 +21,24 @@ from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.protocols.prelude import error_response, services_of, tool_context
 from aiserve_mcp.rest_compat.uploads import SCOPE
 from aiserve_mcp.tools.registry import Surface
+from aiserve_mcp.tools.upload_links import UPLOAD_LINK_PATH
 from aiserve_mcp.tools.uploads import UploadFields, store_model
+
+LINK_PREFIX = UPLOAD_LINK_PATH.removesuffix("{token}")
+
+
+class HideLinkTokens(logging.Filter):
+    """Keeps upload-link tokens (credentials) out of the access log: uvicorn's access records carry the
+    request's path as their third argument, and a link's token becomes ``<token>`` there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) >= 3 and isinstance(args[2], str) and args[2].startswith(LINK_PREFIX):
+            record.args = (*args[:2], LINK_PREFIX + "<token>", *args[3:])
+        return True
+
+
+HIDE_LINK_TOKENS = HideLinkTokens()
 
 
 def _check_declared(request: Request, size_bytes: int) -> None:

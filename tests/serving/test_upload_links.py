@@ -8,6 +8,8 @@ import asyncio
 import json
 import pickle
 import shlex
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ from aiserve_mcp.app import create_app
 from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.tools.upload_links import FILE_PLACEHOLDER
-from tests.conftest import Account, LiveServer, free_port, serve, sign_up
+from tests.conftest import Account, LiveServer, free_port, serve, sign_up, until_healthy
 from tests.mcp_clients import mcp_client
 from tests.serving.test_models import Pwned, mlp_bytes, upload
 
@@ -297,3 +299,27 @@ async def test_a_link_is_refused_for_a_file_that_cannot_fit(live: LiveServer, ow
             assert (await http.put(link["upload_url"], content=first)).status_code == 201
         no_room = await refusal(mcp, "create_model_upload", {"size_bytes": QUOTA_BYTES - len(first) + 1})
         assert no_room["code"] == "QUOTA_EXCEEDED" and "remaining storage quota" in no_room["error"]
+
+
+async def test_the_access_log_never_shows_a_link_token(server_env: dict[str, str], tmp_path: Path) -> None:
+    """A link's token is a credential: ``aiserve serve`` logs the request with ``<token>`` in its place."""
+    port, log = free_port(), tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aiserve_mcp", "serve", "--port", str(port)],
+            env={**server_env, "AISERVE_LOG_LEVEL": "INFO"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            await until_healthy(url, process, log)
+            async with httpx.AsyncClient(base_url=url) as http:
+                answer = await http.put("/api/v1/models/uploads/ul_secret_token_value", content=b"x")
+            assert answer.status_code == 404
+        finally:
+            process.terminate()
+            process.wait(15)
+    logged = log.read_text()
+    assert '"PUT /api/v1/models/uploads/<token> HTTP/1.1" 404' in logged
+    assert "ul_secret_token_value" not in logged
