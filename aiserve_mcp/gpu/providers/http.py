@@ -18,6 +18,16 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER_S = 60.0
 
 
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object; ``{}`` when the body is not JSON or not an object (a marketplace's error
+    pages and proxies answer so)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _retry_after(response: httpx.Response, fallback: float) -> float:
     header = response.headers.get("retry-after")
     try:

@@ -46,7 +46,7 @@ from aiserve_mcp.gpu.providers.base import (
     Rental,
     RentRequest,
 )
-from aiserve_mcp.gpu.providers.http import HttpMarketplace, send
+from aiserve_mcp.gpu.providers.http import HttpMarketplace, json_object, send
 from aiserve_mcp.worker import TOKEN_ENV
 from aiserve_mcp.worker.bundle import WORKER_PORT
 
@@ -60,18 +60,10 @@ _GONE = frozenset({"completed", "termination requested", "terminated", "destroye
 _TOKENS = re.compile(r"[a-z0-9]+")
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _detail(response: httpx.Response) -> str:
     """io.net's own explanation: a business error's ``error``, FastAPI's ``detail`` string or validation
     list, else the raw text."""
-    body = _body(response)
+    body = json_object(response)
     if body.get("status") == "failed" and body.get("error"):
         return str(body["error"])
     detail = body.get("detail")
@@ -176,7 +168,7 @@ class IoNetProvider(HttpMarketplace):
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
-        body = _body(response)
+        body = json_object(response)
         if not body:
             raise ProviderFailed("io.net answered with a body that is not a JSON object", {"provider": NAME})
         return body
@@ -256,7 +248,7 @@ class IoNetProvider(HttpMarketplace):
             "registry_config": {"image_url": IMAGE},
         }
         response = await self._send("POST", "/deploy", json=body, final=_retry_only_429, idempotent=False)
-        answer = _body(response)
+        answer = json_object(response)
         details = {**self._about(request), "upstream_status": response.status_code}
         if 400 <= response.status_code < 500 or (response.is_success and answer.get("status") == "failed"):
             raise OfferUnavailable(f"io.net refused the deployment: {_detail(response)}", details)

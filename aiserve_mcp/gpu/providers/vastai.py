@@ -27,7 +27,7 @@ from aiserve_mcp.gpu.providers.base import (
     Rental,
     RentRequest,
 )
-from aiserve_mcp.gpu.providers.http import HttpMarketplace, send
+from aiserve_mcp.gpu.providers.http import HttpMarketplace, json_object, send
 from aiserve_mcp.worker import TOKEN_ENV
 from aiserve_mcp.worker.bundle import WORKER_PORT, BundleUnavailable
 
@@ -69,16 +69,8 @@ def seconds_to_utc_midnight(now: datetime | None = None) -> int:
     return max(1, math.ceil((midnight - now).total_seconds()))
 
 
-def _body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _is_quota(response: httpx.Response) -> bool:
-    return response.status_code == 429 and _body(response).get("error") == "search_quota_exceeded"
+    return response.status_code == 429 and json_object(response).get("error") == "search_quota_exceeded"
 
 
 def _matches_location(geolocation: str | None, wanted: str) -> bool:
@@ -172,7 +164,7 @@ class VastAiProvider(HttpMarketplace):
             "limit": SEARCH_LIMIT,
         }
         response = await self._request("POST", "/api/v0/bundles/", json=query)
-        offers = _body(response).get("offers")
+        offers = json_object(response).get("offers")
         if not response.is_success or not isinstance(offers, list):
             raise ProviderFailed(
                 f"vast.ai offer search failed (HTTP {response.status_code})",
@@ -231,7 +223,7 @@ class VastAiProvider(HttpMarketplace):
         except ProviderFailed:
             await self._sweep(request.label)
             raise
-        body = _body(response)
+        body = json_object(response)
         contract = body.get("new_contract")
         if response.is_success and body.get("success") is not False and contract:
             return Rental(
@@ -269,7 +261,7 @@ class VastAiProvider(HttpMarketplace):
         except (ProviderFailed, ProviderRateLimited) as exc:
             log.warning("vast.ai: cannot list instances to clean up %s: %s", label, exc.message)
             return
-        listed = _body(response).get("instances")
+        listed = json_object(response).get("instances")
         for instance in listed if isinstance(listed, list) else []:
             if isinstance(instance, dict) and instance.get("label") == label and instance.get("id"):
                 await self._discard(str(instance["id"]))
@@ -286,7 +278,7 @@ class VastAiProvider(HttpMarketplace):
                 f"vast.ai instance lookup failed (HTTP {response.status_code})",
                 {"provider": NAME, "upstream_status": response.status_code},
             )
-        instance = _body(response).get("instances")
+        instance = json_object(response).get("instances")
         if not isinstance(instance, dict):
             return InstanceState("destroyed")
         actual = instance.get("actual_status")
@@ -303,7 +295,7 @@ class VastAiProvider(HttpMarketplace):
         if not instance_id.isdigit():
             return
         response = await self._request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
-        body = _body(response)
+        body = json_object(response)
         if response.status_code == 404 or body.get("error") == "no_such_instance":
             return
         if not response.is_success or body.get("success") is False:

@@ -18,6 +18,7 @@ from aiserve_mcp.protocols.agent_door.message import (
     to_json,
 )
 from aiserve_mcp.protocols.tool_calls import ToolCall
+from aiserve_mcp.tools.registry import Surface
 
 
 def _now() -> str:
@@ -30,7 +31,7 @@ class AcpRun(AgentMessage):
     a tool whose arguments are the first part's content (a JSON object or its text), or is ``aiserve``
     with content ``{"tool": name, "arguments": {...}}``. The reply is a finished ACP ``Run``."""
 
-    kind: ClassVar[str] = "acp"
+    kind: ClassVar[Surface] = Surface.ACP
     agent_name: str
     input: list[Any]
     session_id: Any = None

@@ -50,7 +50,7 @@ from aiserve_mcp.protocols.agent_door.message import LIST_ALIASES, AgentMessage,
 from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from aiserve_mcp.protocols.prelude import CallerGuard, ResponseStart, error_response, tool_context
 from aiserve_mcp.protocols.tool_calls import ToolCall
-from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
+from aiserve_mcp.tools.registry import Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
 
 AGENT_PATH = "/api/v1/agent"
@@ -268,7 +268,7 @@ class AgentDoor:
         await error_response(missing, {PROTOCOL_HEADER: target.protocol})(scope, receive, send)
 
     async def _answer(self, message: AgentMessage, scope: Scope) -> Reply:
-        ctx = tool_context(scope, Surface(message.kind))
+        ctx = tool_context(scope, message.kind)
         try:
             result = await self._run(message.call(), ctx)
         except AiserveError as exc:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from aiserve_mcp.core.errors import AiserveError, ValidationFailed, error_body, kind_of
 from aiserve_mcp.protocols.agent_door.message import ANSWERING_AGENT, AgentMessage, Reply, to_json
 from aiserve_mcp.protocols.tool_calls import ToolCall
+from aiserve_mcp.tools.registry import Surface
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class Envelope(AgentMessage):
     """``{"protocol", "from_agent", "to_agent", "action", "data"}``: ``action`` names a tool (or a list
     alias) and ``data`` holds its arguments. Refusals carry the HTTP status of their error."""
 
-    kind: ClassVar[str] = "envelope"
+    kind: ClassVar[Surface] = Surface.ENVELOPE
     protocol: Any
     from_agent: Any
     to_agent: Any

@@ -15,6 +15,7 @@ from aiserve_mcp.protocols.agent_door.message import (
     to_json,
 )
 from aiserve_mcp.protocols.tool_calls import ToolCall
+from aiserve_mcp.tools.registry import Surface
 
 FIPA_ACTS = frozenset(
     {
@@ -35,7 +36,7 @@ class FipaMessage(AgentMessage):
     whose content names nothing lists the tools. The reply is ``inform`` (the result), ``failure`` (the
     error body) or ``not-understood``; its content is JSON text when the request's was text."""
 
-    kind: ClassVar[str] = "fipa-acl"
+    kind: ClassVar[Surface] = Surface.FIPA_ACL
     performative: str
     fields: dict[str, Any]
 

@@ -17,6 +17,7 @@ from aiserve_mcp.protocols.agent_door.message import (
 )
 from aiserve_mcp.protocols.agent_door.sexp import SExp, Symbol, format_sexp, keyword_pairs, parse_sexp, plain
 from aiserve_mcp.protocols.tool_calls import ToolCall
+from aiserve_mcp.tools.registry import Surface
 
 KQML_PERFORMATIVES = frozenset(
     {
@@ -54,7 +55,7 @@ class KqmlMessage(AgentMessage):
     ``{"tool": name, "arguments": {...}}``. The reply is ``tell`` (content: the result's JSON text) or
     ``sorry`` (content: the error body's JSON text), as an s-expression if the request was one, else JSON."""
 
-    kind: ClassVar[str] = "kqml"
+    kind: ClassVar[Surface] = Surface.KQML
     performative: str
     params: dict[str, Any]
     sexp: bool

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from aiserve_mcp.core.errors import AiserveError, ValidationFailed
 from aiserve_mcp.protocols.tool_calls import CallSyntax, Flaw, ToolCall
+from aiserve_mcp.tools.registry import Surface
 
 LIST_ALIASES = frozenset({"query", "capabilities", "list_tools"})
 """Action names that list the tools the caller may use, in every protocol the door answers itself."""
@@ -41,7 +42,7 @@ class Reply:
 class AgentMessage(ABC):
     """A decoded message of one protocol."""
 
-    kind: ClassVar[str]
+    kind: ClassVar[Surface]  # the protocol's name, as the door's answers and metrics label it
     """The protocol's name in the ``X-Agent-Protocol`` header."""
 
     @abstractmethod
