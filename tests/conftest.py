@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
+from tests.console.browser import browser_page  # noqa: F401 - the real-browser fixture, for every test
 
 PG_ADMIN_URL = os.environ.get("AISERVE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("AISERVE_TEST_REDIS_URL")
@@ -179,13 +180,12 @@ class LiveServer:
 
 
 @asynccontextmanager
-async def serve(app: Starlette, port: int | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on ``port`` (default: a free one) on loopback, in this event loop; yields
-    its base URL."""
+async def serve(app: Starlette, port: int | None = None, **options: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on ``port`` (default: a free one) on loopback, in this event loop, with
+    more ``uvicorn.Config`` ``options`` when given (TLS files, say); yields its base URL (http)."""
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    config = {"log_level": "warning", "lifespan": "on", **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

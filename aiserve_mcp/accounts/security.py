@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import secrets
 import tempfile
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,6 +91,18 @@ class AccessClaims:
     session_id: str
 
 
+@dataclass(frozen=True)
+class GrantClaims:
+    """An OAuth access token's claims: the user, their consent (grant), the resource it was issued for
+    (``aud``) and the scopes it carries."""
+
+    user_id: str
+    grant_id: str
+    audience: str
+    scopes: frozenset[str]
+    expires_at: datetime
+
+
 class TokenSigner:
     """Mints and checks access tokens. The algorithm is pinned: ``alg: none`` or RS/ES tokens are refused."""
 
@@ -97,32 +111,45 @@ class TokenSigner:
         self.ttl_s = ttl_s
 
     def issue(self, user_id: str, session_id: str) -> str:
-        now = datetime.now(UTC)
-        claims = {
-            "iss": JWT_ISSUER,
-            "sub": user_id,
-            "sid": session_id,
-            "typ": "access",
-            "iat": now,
-            "nbf": now,
-            "exp": now + timedelta(seconds=self.ttl_s),
-            "jti": uuid.uuid4().hex,
-        }
-        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+        return self._encode({"sub": user_id, "sid": session_id, "typ": "access"}, self.ttl_s)
 
-    def verify(self, token: str) -> AccessClaims:
+    def issue_grant(
+        self, user_id: str, grant_id: str, audience: str, scopes: Iterable[str], ttl_s: int
+    ) -> str:
+        """An OAuth access token for ``grant_id``, valid ``ttl_s`` seconds at ``audience`` only."""
+        claims = {"sub": user_id, "gid": grant_id, "aud": audience, "scope": " ".join(sorted(scopes))}
+        return self._encode({**claims, "typ": "grant"}, ttl_s)
+
+    def _encode(self, claims: dict[str, str], ttl_s: int) -> str:
+        now = datetime.now(UTC)
+        timed = {"iat": now, "nbf": now, "exp": now + timedelta(seconds=ttl_s)}
+        full = {"iss": JWT_ISSUER, **claims, **timed, "jti": uuid.uuid4().hex}
+        return jwt.encode(full, self._secret, algorithm=JWT_ALGORITHM)
+
+    def mac(self, purpose: str, message: str) -> str:
+        """An HMAC-SHA256 of ``message`` under the signing secret, bound to ``purpose`` (hex)."""
+        return hmac.new(self._secret.encode(), f"{purpose}\0{message}".encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, token: str) -> AccessClaims | GrantClaims:
+        """A login's access token's claims, or an OAuth access token's (whose audience the caller checks)."""
         try:
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[JWT_ALGORITHM],
                 issuer=JWT_ISSUER,
-                options={"require": ["exp", "iat", "sub", "sid", "iss"]},
+                options={"require": ["exp", "iat", "sub", "iss"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthInvalid("access token has expired; log in again or use your refresh token") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthInvalid("access token is invalid") from exc
-        if claims.get("typ") != "access":
-            raise AuthInvalid("token is not an access token")
-        return AccessClaims(user_id=str(claims["sub"]), session_id=str(claims["sid"]))
+        kind = claims.get("typ")
+        if kind == "access" and isinstance(claims.get("sid"), str):
+            return AccessClaims(user_id=str(claims["sub"]), session_id=claims["sid"])
+        fields = [claims.get(name) for name in ("gid", "aud", "scope")]
+        if kind == "grant" and all(isinstance(field, str) for field in fields):
+            grant_id, audience, scope = (str(field) for field in fields)
+            expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+            return GrantClaims(str(claims["sub"]), grant_id, audience, frozenset(scope.split()), expires_at)
+        raise AuthInvalid("token is not an access token")

@@ -45,6 +45,7 @@ class Surface(StrEnum):
     ACP = "acp"
     FIPA_ACL = "fipa-acl"
     KQML = "kqml"
+    CONSOLE = "console"
 
 
 # The ports a tool uses (``ToolContext[GpuPort]``); adapters hold every port (plain ``ToolContext``). A
