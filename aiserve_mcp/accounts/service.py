@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +11,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aiserve_mcp.accounts.oauth_tables import OAuthGrant
 from aiserve_mcp.accounts.security import (
     API_KEY_PREFIX,
+    AccessClaims,
+    GrantClaims,
     TokenSigner,
     digest,
     hash_password,
@@ -40,6 +43,26 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def grantable_scopes(principal: Principal, scopes: Iterable[str] | None, holder: str) -> list[str]:
+    """The scopes a new credential of ``principal`` (``holder``: "a key", say) gets: ``scopes``, each of
+    which the principal must hold (``admin`` only an administrator), or without them the principal's
+    scopes less :data:`WITHHELD_BY_DEFAULT` (``guardrails:admin`` and ``admin``), which only an explicit
+    request grants."""
+    if scopes is None:
+        held = SCOPES.keys() if principal.scopes is None else principal.scopes
+        return sorted(set(held) - WITHHELD_BY_DEFAULT)
+    requested = sorted(set(scopes))
+    unknown = [s for s in requested if s not in SCOPES]
+    if unknown:
+        raise ValidationFailed(f"unknown scopes: {', '.join(unknown)}", {"valid_scopes": sorted(SCOPES)})
+    missing = [
+        s for s in requested if not principal.has_scope(s) or (s == "admin" and not principal.is_admin)
+    ]
+    if missing:
+        raise Forbidden(f"{holder} cannot grant scopes its creator lacks: {', '.join(missing)}")
+    return requested
+
+
 @dataclass(frozen=True)
 class _Checked:
     principal: Principal
@@ -49,18 +72,30 @@ class _Checked:
 class AccountService:
     """Accounts and credentials. A credential checked against the database is reused for
     ``cache_ttl_s`` seconds by this process (keyed by its digest; never the plaintext): logout, key
-    revocation and admin changes made here drop it at once, those made by another process within the TTL."""
+    revocation and admin changes made here drop it at once, those made by another process within the TTL.
+
+    OAuth access tokens (``accounts.oauth``) are accepted when issued for one of ``oauth_audiences``."""
 
     def __init__(
-        self, db: Database, signer: TokenSigner, refresh_ttl_s: int, cache_ttl_s: float = 0.0
+        self,
+        db: Database,
+        signer: TokenSigner,
+        refresh_ttl_s: int,
+        cache_ttl_s: float = 0.0,
+        oauth_audiences: Collection[str] = (),
     ) -> None:
         self._db = db
         self._signer = signer
         self._refresh_ttl = timedelta(seconds=refresh_ttl_s)
         self._checked: TtlCache[str, _Checked] = TtlCache(cache_ttl_s)
+        self._audiences = frozenset(a.rstrip("/") for a in oauth_audiences)
 
     def _forget(self, match: Callable[[Principal], bool]) -> None:
         self._checked.forget_values(lambda checked: match(checked.principal))
+
+    def forget_grant(self, grant_id: str) -> None:
+        """Drop the cached credentials of an OAuth grant that was just revoked."""
+        self._forget(lambda p: p.grant_id == grant_id)
 
     async def create_user(
         self, email: str, password: str, name: str | None, *, is_admin: bool = False
@@ -164,6 +199,10 @@ class AccountService:
             self._revoke(login, "logout")
         self._forget(lambda p: p.session_id == login.id)
 
+    def mac(self, purpose: str, message: str) -> str:
+        """A keyed digest of ``message`` for ``purpose`` (a form's CSRF token), under the server secret."""
+        return self._signer.mac(purpose, message)
+
     async def authenticate(self, credential: str) -> Principal:
         """Resolve a bearer credential (access token or API key) to a principal, or raise ``AuthInvalid``."""
         checked, _ = await self._checked.get(digest(credential), lambda: self._check(credential))
@@ -175,10 +214,43 @@ class AccountService:
     async def _check(self, credential: str) -> _Checked:
         if credential.startswith(API_KEY_PREFIX):
             return await self._authenticate_api_key(credential)
-        return _Checked(await self._authenticate_token(credential), None)
-
-    async def _authenticate_token(self, credential: str) -> Principal:
         claims = self._signer.verify(credential)
+        if isinstance(claims, GrantClaims):
+            return _Checked(await self._authenticate_grant(claims), None)
+        return _Checked(await self._authenticate_token(claims), None)
+
+    async def _authenticate_grant(self, claims: GrantClaims) -> Principal:
+        """An OAuth access token: its grant must stand, and its scopes are the grant's (narrowed by the
+        token's own); like an API key, it is an administrator's only with the ``admin`` scope."""
+        if claims.audience.rstrip("/") not in self._audiences:
+            raise AuthInvalid("this access token was issued for another resource")
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(OAuthGrant, User)
+                    .join(User, User.id == OAuthGrant.user_id)
+                    .where(OAuthGrant.id == claims.grant_id, User.id == claims.user_id)
+                )
+            ).first()
+        if row is None:
+            raise AuthInvalid("access token is invalid")
+        grant, user = row
+        if grant.revoked_at is not None:
+            raise AuthInvalid("this app was disconnected from the account; connect it again")
+        if not user.is_active:
+            raise AuthInvalid("account is disabled")
+        scopes = frozenset(grant.scopes) & claims.scopes
+        return Principal(
+            user.id,
+            user.email,
+            user.is_admin and "admin" in scopes,
+            "oauth",
+            scopes=scopes,
+            grant_id=grant.id,
+            client_id=grant.client_id,
+        )
+
+    async def _authenticate_token(self, claims: AccessClaims) -> Principal:
         async with self._db.session() as session:
             row = (
                 await session.execute(
@@ -229,28 +301,11 @@ class AccountService:
         expires_at: datetime | None,
         scopes: Iterable[str] | None,
     ) -> tuple[ApiKey, str]:
-        """Create a key for the caller. A key can never hold a scope its creator lacks. Without ``scopes``
-        it gets the creator's scopes less :data:`WITHHELD_BY_DEFAULT` (``guardrails:admin`` and
-        ``admin``): those are granted only when asked for by name. ``admin`` needs an administrator."""
+        """Create a key for the caller with :func:`grantable_scopes`: never a scope its creator lacks, and
+        without ``scopes`` none of :data:`WITHHELD_BY_DEFAULT`."""
         if expires_at is not None and expires_at <= _now():
             raise ValidationFailed("expires_at must be in the future", {"field": "expires_at"})
-        requested = None if scopes is None else sorted(set(scopes))
-        if requested is not None:
-            unknown = [s for s in requested if s not in SCOPES]
-            if unknown:
-                raise ValidationFailed(
-                    f"unknown scopes: {', '.join(unknown)}", {"valid_scopes": sorted(SCOPES)}
-                )
-            missing = [
-                s
-                for s in requested
-                if not principal.has_scope(s) or (s == "admin" and not principal.is_admin)
-            ]
-            if missing:
-                raise Forbidden(f"a key cannot grant scopes its creator lacks: {', '.join(missing)}")
-        else:
-            held = SCOPES.keys() if principal.scopes is None else principal.scopes
-            requested = sorted(set(held) - WITHHELD_BY_DEFAULT)
+        requested = grantable_scopes(principal, scopes, "a key")
         plaintext = new_api_key()
         key = ApiKey(
             user_id=principal.user_id,

@@ -31,15 +31,19 @@ WITHHELD_BY_DEFAULT = frozenset({"guardrails:admin", "admin"})
 class Principal:
     """An authenticated caller. ``scopes`` is ``None`` when every scope is granted (logins, and keys made
     before keys were scoped by default). ``is_admin`` is true only for an administrator's login or a key
-    of theirs holding the ``admin`` scope."""
+    (or OAuth grant) of theirs holding the ``admin`` scope. An OAuth access token (``via="oauth"``) acts
+    like an API key: ``grant_id`` names the person's consent for ``client_id``, which holds its scopes
+    and its budget."""
 
     user_id: str
     email: str
     is_admin: bool
-    via: Literal["jwt", "api_key"]
+    via: Literal["jwt", "api_key", "oauth"]
     scopes: frozenset[str] | None = None
     api_key_id: str | None = None
     session_id: str | None = None
+    grant_id: str | None = None
+    client_id: str | None = None
 
     def has_scope(self, scope: str) -> bool:
         return self.scopes is None or scope in self.scopes

@@ -80,13 +80,20 @@ class Settings(BaseSettings):
     model_worker_timeout_s: float = Field(default=60.0, gt=0)
     model_fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     model_fetch_timeout_s: float = Field(default=300.0, gt=0)
+    oauth_access_token_ttl_s: int = Field(default=3600, gt=0)
+    oauth_client_fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    oauth_client_fetch_ca_file: Path | None = None
     lb_eject_after: int = Field(default=3, ge=1)
     lb_eject_for_s: float = Field(default=30.0, gt=0)
     events_metrics_interval_s: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
 
     _split_hosts = field_validator(
-        "allowed_hosts", "allowed_origins", "model_fetch_allowed_hosts", mode="before"
+        "allowed_hosts",
+        "allowed_origins",
+        "model_fetch_allowed_hosts",
+        "oauth_client_fetch_allowed_hosts",
+        mode="before",
     )(_split_csv)
 
     @field_validator("spending_limits", mode="before")

@@ -6,8 +6,9 @@ A window is a rolling period ending now: ``hourly`` (3600 s), ``daily`` (86 400 
 comes through, what was spent in that window plus the spend stays within the limit; checking and
 recording are one atomic step (see ``money/spend_store/``), so concurrent spends never overrun a
 limit. A user's windows are the defaults from ``AISERVE_SPENDING_LIMITS`` with their own settings on top;
-an API key has only the budget set for it. Raising a limit, removing one, or resetting a window needs the
-``guardrails:admin`` scope, so an agent's key can never lift its own limits; lowering needs none.
+an API key, like an OAuth client's grant (whose budget counts as the key's does), has only the budget set
+for it. Raising a limit, removing one, or resetting a window needs the ``guardrails:admin`` scope, so an
+agent's key can never lift its own limits; lowering needs none.
 
 Each recorded spend is announced to its user on the ``spending`` stream (``spend.recorded`` with the
 windows' totals), each spend refused with 402 (``spend.refused`` with the violated windows) and each
@@ -62,11 +63,23 @@ def key_scope(key_id: str) -> str:
     return f"key:{key_id}"
 
 
+def grant_scope(grant_id: str) -> str:
+    """The budget of an OAuth client's grant (a person's consent), kept like an API key's."""
+    return f"grant:{grant_id}"
+
+
+def _budget_scope(principal: Principal) -> str | None:
+    """The scope of the budget of the credential ``principal`` calls with (an API key or an OAuth grant)."""
+    if principal.api_key_id is not None:
+        return key_scope(principal.api_key_id)
+    return grant_scope(principal.grant_id) if principal.grant_id is not None else None
+
+
 def window_view(total: WindowTotal) -> dict[str, Any]:
     """A window as the API shows it (``spent`` includes the refused amount in a violation)."""
     return {
         "window": total.name,
-        "scope": "api_key" if total.scope.startswith("key:") else "user",
+        "scope": {"key": "api_key", "grant": "oauth_client"}.get(total.scope.split(":", 1)[0], "user"),
         "spent": float(total.spent),
         "limit": float(total.limit),
         "seconds": total.seconds,
@@ -108,9 +121,9 @@ class Guardrails:
         scopes: list[Scoped] = [
             (user_scope(principal.user_id), await self.limits(user_scope(principal.user_id)))
         ]
-        if principal.api_key_id is not None:
-            key = key_scope(principal.api_key_id)
-            scopes.append((key, await self.limits(key)))
+        budget = _budget_scope(principal)
+        if budget is not None:
+            scopes.append((budget, await self.limits(budget)))
         return [(scope, windows) for scope, windows in scopes if windows]
 
     async def set_limits(

@@ -2,8 +2,8 @@
 
 Only ``http`` and ``https`` URLs without a user name or password. Before the first request and after every
 redirect (at most ``MAX_REDIRECTS``, followed here, never by httpx) the host is resolved and every address
-it resolves to must be public (``traffic.egress.public``: not loopback, private, link-local such as the
-cloud metadata address, multicast or reserved) unless the operator names the host in
+it resolves to must be public (``traffic.egress.pinned_target``: not loopback, private, link-local such as
+the cloud metadata address, multicast or reserved) unless the operator names the host in
 ``AISERVE_MODEL_FETCH_ALLOWED_HOSTS`` (a model store inside their network, say). An ``http`` request then
 goes to the address that was checked, with the URL's Host header, so a name that resolves elsewhere a
 moment later (DNS rebinding) changes nothing; an ``https`` one goes by name and TLS checks the certificate
@@ -15,44 +15,27 @@ hop and the body) must end within ``timeout_s``, so a server that stalls or tric
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import anyio
 import httpx
 
-from aiserve_mcp.core.errors import Forbidden, UpstreamFailed, UpstreamTimeout, ValidationFailed
-from aiserve_mcp.traffic.egress import public, resolve
+from aiserve_mcp.core.errors import UpstreamFailed, UpstreamTimeout, ValidationFailed
+from aiserve_mcp.traffic.egress import AllowedHosts, checked_url, isolated_client, pinned_target
 
 SETTING = "AISERVE_MODEL_FETCH_ALLOWED_HOSTS"
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0  # between two reads of a body that is still coming
-DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def fetch_client() -> httpx.AsyncClient:
-    """The client a ``ModelFetcher`` needs: its own connections (long downloads take none from the GPU
-    providers' calls), no proxy settings from the environment, no redirects followed for it, and no cookie
-    kept, so nothing one download's server sets is sent on another's."""
-    no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(trust_env=False, follow_redirects=False, cookies=no_cookies)
-
-
-class AllowedHosts:
-    """The hosts ``AISERVE_MODEL_FETCH_ALLOWED_HOSTS`` names, each ``host`` (any port) or ``host:port``:
-    names compare case-insensitively, IP literals by address (an IPv6 one as ``[::1]`` or ``[::1]:8080``)."""
-
-    def __init__(self, entries: Collection[str]) -> None:
-        self._entries = frozenset(_entry(e) for e in entries)
-
-    def admit(self, url: httpx.URL) -> bool:
-        host = _host_key(url.raw_host.decode("ascii"))
-        return (host, None) in self._entries or (host, _port(url)) in self._entries
+    """The client a ``ModelFetcher`` needs: ``traffic.egress.isolated_client``, so long downloads take no
+    connection from the GPU providers' calls and nothing one download's server sets is sent on another's."""
+    return isolated_client()
 
 
 @dataclass
@@ -90,7 +73,7 @@ class ModelFetcher:
 
     def __init__(self, client: httpx.AsyncClient, allowed_hosts: Collection[str], timeout_s: float) -> None:
         self._client = client
-        self._allowed = AllowedHosts(allowed_hosts)
+        self._allowed = AllowedHosts(allowed_hosts, SETTING)
         self._timeout_s = timeout_s
         self._timeouts = httpx.Timeout(
             min(READ_TIMEOUT_S, timeout_s), connect=min(CONNECT_TIMEOUT_S, timeout_s)
@@ -104,7 +87,7 @@ class ModelFetcher:
         answer, too many redirects or a server that cannot be reached, ``UpstreamTimeout`` past
         ``timeout_s``."""
         deadline = anyio.current_time() + self._timeout_s
-        current = _checked(url, "the model URL", ValidationFailed)
+        current = checked_url(url, "the model URL", ValidationFailed)
         redirects = 0
         while True:
             response = await self._request(current, deadline)
@@ -114,7 +97,7 @@ class ModelFetcher:
             if redirects == MAX_REDIRECTS:
                 raise UpstreamFailed(f"the model URL redirected more than {MAX_REDIRECTS} times")
             redirects += 1
-            current = _checked(response.headers["location"], "a redirect", UpstreamFailed, current)
+            current = checked_url(response.headers["location"], "a redirect", UpstreamFailed, current)
         try:
             if not response.is_success:
                 raise UpstreamFailed(f"the model URL answered HTTP {response.status_code}")
@@ -135,7 +118,8 @@ class ModelFetcher:
     async def _request(self, url: httpx.URL, deadline: float) -> httpx.Response:
         """Check where ``url`` goes and send a GET there; its answer's headers, the body left unread."""
         with anyio.CancelScope(deadline=deadline) as scope:
-            target, headers = await self._pinned(url)
+            target, host = await pinned_target(url, self._allowed, "models")
+            headers = {"Accept-Encoding": "identity", **host}  # so Content-Length is the file's length
             request = self._client.build_request("GET", target, headers=headers, timeout=self._timeouts)
             try:
                 return await self._client.send(request, stream=True, follow_redirects=False)
@@ -146,75 +130,11 @@ class ModelFetcher:
         assert scope.cancelled_caught
         raise _too_slow(self._timeout_s)
 
-    async def _pinned(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str]]:
-        """Where to send the request for ``url`` and the headers that go with it, once every address its
-        host resolves to is public or the host is allowed; ``Forbidden`` otherwise."""
-        host = url.raw_host.decode("ascii")
-        addresses = await resolve(host, _port(url), "the model URL's host")
-        if not self._allowed.admit(url) and not all(public(a) for a in addresses):
-            raise Forbidden(
-                f"{url.host!r} is at a loopback, private, link-local or reserved address; models are fetched "
-                f"from the public internet only (an operator may allow a host on their network in {SETTING})"
-            )
-        headers = {"Accept-Encoding": "identity"}  # so Content-Length is the length of the file
-        if url.scheme == "https":
-            return url, headers
-        return url.copy_with(host=str(addresses[0])), headers | {"Host": url.netloc.decode("ascii")}
-
-
-def _checked(
-    text: str, what: str, error: type[ValidationFailed | UpstreamFailed], base: httpx.URL | None = None
-) -> httpx.URL:
-    """``text`` as a URL (relative to ``base`` when given, as a redirect's Location may be), when it is a
-    plain http(s) URL; ``error`` naming ``what`` is wrong with it otherwise."""
-    try:
-        url = base.join(text) if base is not None else httpx.URL(text)
-    except httpx.InvalidURL:
-        raise error(f"{what} is not a valid URL") from None
-    if url.scheme not in DEFAULT_PORTS:
-        instead = f"{url.scheme}:" if url.scheme else "a relative URL"
-        raise error(f"{what} must be an http:// or https:// URL, not {instead}")
-    if url.userinfo:
-        raise error(f"{what} must not carry a user name or password")
-    if not url.host:
-        raise error(f"{what} names no host")
-    return url
-
 
 def _too_slow(timeout_s: float) -> UpstreamTimeout:
     return UpstreamTimeout(
         f"the model file did not download within {timeout_s:g} s (AISERVE_MODEL_FETCH_TIMEOUT_S)"
     )
-
-
-def _port(url: httpx.URL) -> int:
-    return url.port or DEFAULT_PORTS[url.scheme]
-
-
-def _host_key(host: str) -> str:
-    """An IP literal in its one spelling (``0:0::1`` is ``::1``); a name as httpx spells it, lower case."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host
-
-
-def _entry(text: str) -> tuple[str, int | None]:
-    """``(host, port)`` of one allowed-hosts entry; port None for any port."""
-    entry = text.strip()
-    try:
-        return str(ipaddress.ip_address(entry)), None  # a bare IPv6 address, say
-    except ValueError:
-        pass
-    try:
-        parsed = httpx.URL(f"//{entry}")
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or not parsed.host or parsed.userinfo or parsed.path != "/" or parsed.query:
-        raise ValueError(f"{SETTING}: {text!r} is not host or host:port")
-    if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise ValueError(f"{SETTING}: {text!r} has no valid port")
-    return _host_key(parsed.raw_host.decode("ascii")), parsed.port
 
 
 def _filename(url: httpx.URL, headers: httpx.Headers) -> str | None:

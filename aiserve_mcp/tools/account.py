@@ -49,7 +49,7 @@ class ApiKeyInfo(BaseModel):
 
 class WhoamiOutput(BaseModel):
     user: UserProfile
-    auth_method: str = Field(description="'jwt' or 'api_key'.")
+    auth_method: str = Field(description="'jwt' (a login), 'api_key' or 'oauth' (an app you connected).")
     api_key_id: str | None
     scopes: list[str] = Field(description="Scopes this credential holds.")
 

@@ -21,7 +21,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiserve_mcp.core.errors import Forbidden, UpstreamFailed, UpstreamTimeout, ValidationFailed
-from aiserve_mcp.serving.fetch import AllowedHosts, Download, ModelFetcher, fetch_client
+from aiserve_mcp.serving.fetch import Download, ModelFetcher, fetch_client
+from aiserve_mcp.traffic.egress import AllowedHosts
 from tests.conftest import serve
 
 BODY = bytes(range(256)) * 1024 + b"tail"
@@ -261,7 +262,7 @@ async def test_http_goes_to_the_checked_address_with_the_name_as_host(
 
 
 def test_allowed_host_entries() -> None:
-    allowed = AllowedHosts(["[::1]:8000", "10.0.0.7", "Store.Internal:9000", "0:0::2"])
+    allowed = AllowedHosts(["[::1]:8000", "10.0.0.7", "Store.Internal:9000", "0:0::2"], SETTING)
     admitted = [
         "http://[::1]:8000/m",
         "http://10.0.0.7:1234/m",
@@ -273,4 +274,4 @@ def test_allowed_host_entries() -> None:
     assert [allowed.admit(httpx.URL(u)) for u in refused] == [False] * 4
     for wrong in ["user@host", "host/path", "host:0", "host:x", "host:70000"]:
         with pytest.raises(ValueError, match=SETTING):
-            AllowedHosts([wrong])
+            AllowedHosts([wrong], SETTING)

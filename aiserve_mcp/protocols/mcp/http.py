@@ -137,7 +137,7 @@ class McpHttpTransports:
             return
         message, principal = _message(body), principal_of(scope)
         assert principal is not None  # the guard refused anonymous callers
-        caller = (principal.user_id, principal.api_key_id or principal.session_id or "")
+        caller = (principal.user_id, principal.api_key_id or principal.grant_id or principal.session_id or "")
         if message is not None and message.get("method") == "notifications/cancelled":
             params = message.get("params")
             if isinstance(params, dict) and "requestId" in params:
