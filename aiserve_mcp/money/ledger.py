@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -132,33 +132,37 @@ class Ledger:
         failure: str | None = None,
     ) -> LedgerTransaction:
         """Record a payment; a ``succeeded`` one credits the user at once, others wait for ``settle``.
-        The same ``idempotency_key`` returns the first transaction instead of recording another."""
+        The same ``idempotency_key`` returns the first transaction instead of recording another, also when
+        both are recorded at once (on PostgreSQL the second insert fails on the key and reads the first)."""
         _positive(amount)
-        async with self._write() as session:
-            existing = await session.scalar(
-                select(LedgerTransaction).where(
-                    LedgerTransaction.user_id == user_id, LedgerTransaction.idempotency_key == idempotency_key
+        try:
+            async with self._write() as session:
+                existing = await session.scalar(_payment_by_key(user_id, idempotency_key))
+                if existing is not None:
+                    return existing
+                tx = LedgerTransaction(
+                    id=_id("txn"),
+                    user_id=user_id,
+                    kind="payment",
+                    amount=amount,
+                    currency=currency,
+                    status=status,
+                    description=description,
+                    gateway=gateway,
+                    provider_ref=provider_ref,
+                    idempotency_key=idempotency_key,
+                    failure=failure,
                 )
-            )
-            if existing is not None:
-                return existing
-            tx = LedgerTransaction(
-                id=_id("txn"),
-                user_id=user_id,
-                kind="payment",
-                amount=amount,
-                currency=currency,
-                status=status,
-                description=description,
-                gateway=gateway,
-                provider_ref=provider_ref,
-                idempotency_key=idempotency_key,
-                failure=failure,
-            )
-            session.add(tx)
-            await session.flush()
-            if status == "succeeded":
-                await self._post(session, tx, {PAYMENTS: -amount, available(user_id): amount})
+                session.add(tx)
+                await session.flush()
+                if status == "succeeded":
+                    await self._post(session, tx, {PAYMENTS: -amount, available(user_id): amount})
+        except IntegrityError:
+            async with self._db.session() as session:
+                first = await session.scalar(_payment_by_key(user_id, idempotency_key))
+            if first is None:
+                raise
+            return first
         return tx
 
     async def settle_payment(
@@ -279,6 +283,12 @@ class Ledger:
                 )
             ).all()
         return rows, int(total or 0)
+
+
+def _payment_by_key(user_id: str, idempotency_key: str) -> Select[LedgerTransaction]:
+    return select(LedgerTransaction).where(
+        LedgerTransaction.user_id == user_id, LedgerTransaction.idempotency_key == idempotency_key
+    )
 
 
 def _positive(amount: Decimal) -> None:

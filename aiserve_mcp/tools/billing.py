@@ -1,17 +1,26 @@
-"""Credits: pay with a card token through Stripe, read the balance and the transaction history."""
+"""Credits: pay with a card token through Stripe, read the balance and the transaction history, and apply
+the gateway's signed webhooks (payments, and the checkout pages of ``tools.checkout``)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from aiserve_mcp.core.errors import PaymentDeclined, ServiceUnavailable, ValidationFailed
-from aiserve_mcp.money.payments.base import PaymentGateway
+from aiserve_mcp.core.errors import NotFound, PaymentDeclined, ServiceUnavailable, ValidationFailed
+from aiserve_mcp.money.checkout import CHECKOUT_KEY_PREFIX, settle_checkout
+from aiserve_mcp.money.ledger import Ledger
+from aiserve_mcp.money.payments.base import (
+    MAXIMUM_PURCHASE_USD,
+    CheckoutSession,
+    PaymentGateway,
+    WebhookEvent,
+)
 from aiserve_mcp.tools.common import (
     DecimalNumber,
     Input,
@@ -24,7 +33,7 @@ from aiserve_mcp.tools.common import (
 from aiserve_mcp.tools.ports import MoneyPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
-Amount = Annotated[Decimal, DecimalNumber(places=2, gt=0, le=100_000)]
+Amount = Annotated[Decimal, DecimalNumber(places=2, gt=0, le=MAXIMUM_PURCHASE_USD)]
 Gateway = Literal["stripe", "sandbox"]
 GATEWAYS = get_args(Gateway)
 # A card number (13 to 19 digits, maybe grouped by spaces or dashes), with blanks around it.
@@ -87,8 +96,16 @@ class PaymentInput(Input):
         default=None,
         min_length=1,
         max_length=200,
-        description="The Idempotency-Key header: one charge per key.",
+        description=f"The Idempotency-Key header: one charge per key (not starting with "
+        f"'{CHECKOUT_KEY_PREFIX}', which names Checkout payments).",
     )
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _not_a_checkout_key(cls, key: str | None) -> str | None:
+        if key is not None and key.startswith(CHECKOUT_KEY_PREFIX):
+            raise ValueError(f"an idempotency key may not start with '{CHECKOUT_KEY_PREFIX}'")
+        return key
 
 
 class TransactionOut(BaseModel):
@@ -115,7 +132,9 @@ class PaymentOutput(BaseModel):
     balance: float = Field(description="Available credits after this payment, USD.")
 
 
-def _gateway(ctx: ToolContext[MoneyPort], wanted: str | None) -> PaymentGateway:
+def payment_gateway(ctx: ToolContext[MoneyPort], wanted: str | None) -> PaymentGateway:
+    """The server's payment gateway (``wanted``, when named, must be it); ``SERVICE_UNAVAILABLE`` saying
+    how to configure one when there is none."""
     gateway = ctx.services.payments
     if gateway is None:
         raise ServiceUnavailable(
@@ -136,7 +155,7 @@ async def create_payment(ctx: ToolContext[MoneyPort], args: PaymentInput) -> Pay
     added once per idempotency key; a payment that needs 3-D Secure returns status requires_action with
     next_action_url and is credited when it completes. A declined card is PAYMENT_DECLINED (402)."""
     caller = ctx.caller()
-    gateway = _gateway(ctx, args.provider or args.billing_provider)
+    gateway = payment_gateway(ctx, args.provider or args.billing_provider)
     key = args.idempotency_key or f"pay-{uuid.uuid4()}"
     amount = args.amount
     charge = await gateway.charge(
@@ -209,9 +228,11 @@ async def handle_payment_webhook(
     ctx: ToolContext[MoneyPort], payload: bytes, signature: str | None
 ) -> WebhookOutput:
     """Verify a gateway's webhook and settle the payment it reports (each event once)."""
-    gateway = _gateway(ctx, None)
+    gateway = payment_gateway(ctx, None)
     event = gateway.parse_webhook(payload, signature)
     ledger = ctx.services.costs.ledger
+    if event.checkout is not None:
+        return await _checkout_delivery(ledger, gateway.name, event, event.checkout)
     if not await ledger.first_delivery(event.id):
         return WebhookOutput(received=True, duplicate=True, settled=None)
     if event.provider_ref is None or event.status not in ("succeeded", "failed", "processing"):
@@ -221,3 +242,18 @@ async def handle_payment_webhook(
         return WebhookOutput(received=True, duplicate=False, settled=None)
     settled = await ledger.settle_payment(event.provider_ref, event.status)
     return WebhookOutput(received=True, duplicate=False, settled=settled.id)
+
+
+async def _checkout_delivery(
+    ledger: Ledger, gateway: str, event: WebhookEvent, session: CheckoutSession
+) -> WebhookOutput:
+    """A ``checkout.session.*`` event: settling by session is idempotent, so the event is applied before it
+    is remembered as delivered, and a failure on the way leaves the gateway's retry to apply it. Sessions
+    for no user of this server (another integration on the same Stripe account) are ignored."""
+    settled = None
+    if event.status is not None:
+        with contextlib.suppress(NotFound):
+            tx = await settle_checkout(ledger, gateway, session, event.status, event.failure_message)
+            settled = tx.id
+    duplicate = not await ledger.first_delivery(event.id)
+    return WebhookOutput(received=True, duplicate=duplicate, settled=None if duplicate else settled)

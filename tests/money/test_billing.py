@@ -29,7 +29,7 @@ from aiserve_mcp.money.tables import LedgerAccount, LedgerEntry
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
 from tests.conftest import Account, api_key, app_client, serve, sign_up
-from tests.fakes.stripe_api.events import payment_intent_event, signed_event
+from tests.fakes.stripe_api.events import signed_event, stripe_event
 from tests.fakes.stripe_api.server import stripe_app
 from tests.fakes.stripe_api.state import API_KEY, StripeState
 from tests.fakes.vastai_server import API_KEY as VAST_KEY
@@ -107,6 +107,14 @@ async def test_a_stripe_payment_adds_credits_once_per_idempotency_key(billing: B
     export = (await billing.client.get("/api/v1/user/export", headers=owner.headers)).json()
     assert export["credits"] == [{"currency": "USD", "available": 25.0, "held": 0.0}]
     assert [t["id"] for t in export["transactions"]] == [tx["id"]]
+
+
+async def test_a_payment_cannot_take_the_idempotency_key_of_a_checkout_payment(billing: Billing) -> None:
+    owner = await sign_up(billing.client)
+    taken = await pay(billing.client, owner, 25, "pm_card_visa", **{"Idempotency-Key": "checkout:cs_test_1"})
+    assert taken.status_code == 400, taken.text
+    assert taken.json()["code"] == "VALIDATION_ERROR" and "idempotency_key" in taken.text
+    assert billing.stripe.created == [] and await credits(billing.client, owner) == (0.0, 0.0)
 
 
 async def test_the_api_references_card_token_body_pays_through_stripe(billing: Billing) -> None:
@@ -189,9 +197,7 @@ async def test_3d_secure_payments_are_settled_by_the_signed_webhook(billing: Bil
     assert await credits(billing.client, owner) == (0.0, 0.0)
 
     intent = billing.stripe.complete(billing.stripe.created[0]["id"])
-    payload, signature = signed_event(
-        WEBHOOK_SECRET, payment_intent_event(intent, "payment_intent.succeeded")
-    )
+    payload, signature = signed_event(WEBHOOK_SECRET, stripe_event(intent, "payment_intent.succeeded"))
 
     async def deliver(body: bytes, header: str) -> httpx.Response:
         return await billing.client.post(
@@ -201,7 +207,7 @@ async def test_3d_secure_payments_are_settled_by_the_signed_webhook(billing: Bil
     tampered = payload.replace(b'"succeeded"', b'"succeeded" ', 1)
     assert (await deliver(tampered, signature)).status_code == 400
     stale_body, stale = signed_event(
-        WEBHOOK_SECRET, payment_intent_event(intent, "payment_intent.succeeded"), int(time.time()) - 3600
+        WEBHOOK_SECRET, stripe_event(intent, "payment_intent.succeeded"), int(time.time()) - 3600
     )
     assert (await deliver(stale_body, stale)).status_code == 400
     assert (await billing.client.post("/api/v1/billing/webhook", content=payload)).status_code == 400

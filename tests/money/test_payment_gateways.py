@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -23,30 +21,12 @@ from aiserve_mcp.money.payments.sandbox import SandboxGateway
 from aiserve_mcp.money.payments.stripe_gateway import StripeGateway
 from aiserve_mcp.money.payments.webhooks import WebhookRejected
 from tests.conftest import free_port, serve
-from tests.fakes.stripe_api.events import payment_intent_event, signed_event
+from tests.fakes.stripe_api.events import signed_event, stripe_event
 from tests.fakes.stripe_api.server import stripe_app
 from tests.fakes.stripe_api.state import API_KEY, StripeState
+from tests.money.conftest import WEBHOOK_SECRET, Stripe
 
-WEBHOOK_SECRET = "whsec_test_aiserve_0123456789"
 META = {"user": "u_1", "purpose": "credits"}
-
-
-@dataclass
-class Stripe:
-    state: StripeState
-    url: str
-    gateway: StripeGateway
-
-
-@pytest.fixture
-async def stripe_api() -> AsyncIterator[Stripe]:
-    state = StripeState()
-    async with serve(stripe_app(state)) as url:
-        gateway = StripeGateway(API_KEY, api_base=url, webhook_secret=WEBHOOK_SECRET)
-        try:
-            yield Stripe(state, url, gateway)
-        finally:
-            await gateway.aclose()
 
 
 async def pay(gateway: PaymentGateway, payment_method: str, key: str, amount: int = 2500) -> Charge:
@@ -402,7 +382,7 @@ async def test_the_fake_idempotency_and_keys(stripe_api: Stripe) -> None:
 async def test_webhook_valid_event_is_parsed(stripe_api: Stripe) -> None:
     charge = await pay(stripe_api.gateway, "pm_card_threeDSecure2Required", "k-wh")
     intent = stripe_api.state.complete(charge.provider_ref)
-    payload, header = signed_event(WEBHOOK_SECRET, payment_intent_event(intent, "payment_intent.succeeded"))
+    payload, header = signed_event(WEBHOOK_SECRET, stripe_event(intent, "payment_intent.succeeded"))
     event = stripe_api.gateway.parse_webhook(payload, header)
     assert event.id.startswith("evt_")
     assert event.type == "payment_intent.succeeded"
@@ -414,12 +394,10 @@ async def test_webhook_valid_event_is_parsed(stripe_api: Stripe) -> None:
 async def test_webhook_failure_event(stripe_api: Stripe) -> None:
     charge = await pay(stripe_api.gateway, "pm_card_chargeDeclined", "k-wh-fail")
     intent = stripe_api.state.intents[charge.provider_ref]
-    payload, header = signed_event(
-        WEBHOOK_SECRET, payment_intent_event(intent, "payment_intent.payment_failed")
-    )
+    payload, header = signed_event(WEBHOOK_SECRET, stripe_event(intent, "payment_intent.payment_failed"))
     event = stripe_api.gateway.parse_webhook(payload, header)
     assert (event.status, event.failure_code) == ("failed", "card_declined")
-    created = payment_intent_event(intent, "payment_intent.created")
+    created = stripe_event(intent, "payment_intent.created")
     assert stripe_api.gateway.parse_webhook(*signed_event(WEBHOOK_SECRET, created)).status is None
     other = {
         "id": "evt_other",
@@ -433,7 +411,7 @@ async def test_webhook_failure_event(stripe_api: Stripe) -> None:
 
 async def test_webhook_rejections(stripe_api: Stripe) -> None:
     gateway = stripe_api.gateway
-    event = payment_intent_event({"id": "pi_x", "object": "payment_intent", "amount": 5, "currency": "usd",
+    event = stripe_event({"id": "pi_x", "object": "payment_intent", "amount": 5, "currency": "usd",
                                   "status": "succeeded"}, "payment_intent.succeeded")  # fmt: skip
     payload, header = signed_event(WEBHOOK_SECRET, event)
     tampered = payload.replace(b'"amount":5', b'"amount":500000')

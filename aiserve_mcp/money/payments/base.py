@@ -1,10 +1,10 @@
-"""What every payment gateway is: the ``PaymentGateway`` protocol, its ``Charge`` and ``WebhookEvent``, and
-the checks a charge passes before any call.
+"""What every payment gateway is: the ``PaymentGateway`` protocol, its ``Charge``, ``CheckoutSession`` and
+``WebhookEvent``, and the checks a charge passes before any call.
 
 Every gateway (Stripe, the sandbox) takes one payment in one call (``charge``), looks it up again
-(``retrieve``) and verifies and reads Stripe-style webhooks (``parse_webhook``). A declined card is not an
-exception: it is a ``Charge`` with status ``"failed"`` so the ledger can record it. Everything else that
-goes wrong raises:
+(``retrieve``), opens a hosted payment page for a person to pay on (``create_checkout_session``) and
+verifies and reads Stripe-style webhooks (``parse_webhook``). A declined card is not an exception: it is a
+``Charge`` with status ``"failed"`` so the ledger can record it. Everything else that goes wrong raises:
 
 * the gateway is unreachable, answers 5xx or is rate limiting us -> ``UpstreamFailed`` (``UpstreamTimeout``
   when it did not answer in time);
@@ -26,6 +26,8 @@ from typing import Literal, Protocol
 from aiserve_mcp.core.errors import ValidationFailed
 
 PaymentStatus = Literal["succeeded", "processing", "requires_action", "failed"]
+CheckoutStatus = Literal["open", "complete", "expired"]
+CheckoutPaymentStatus = Literal["paid", "unpaid", "no_payment_required"]
 
 GENERIC_DECLINE_MESSAGE = "The payment was declined."
 
@@ -50,13 +52,37 @@ class Charge:
 
 
 @dataclass(frozen=True)
+class CheckoutSession:
+    """A hosted payment page (a Stripe Checkout Session in ``payment`` mode) as the gateway reports it.
+
+    ``url`` is where the payer goes; it is ``None`` once the session is no longer ``"open"``.
+    ``payment_status`` is ``"paid"`` once the money is taken; a ``"complete"`` session can still be
+    ``"unpaid"`` when the payer chose a payment method that settles later (a bank debit, say).
+    ``amount_minor`` is ``amount_total``; ``expires_at`` is in epoch seconds; ``user_id`` is the user the
+    session was opened for (its ``metadata[user_id]``, else its ``client_reference_id``).
+    """
+
+    id: str
+    url: str | None
+    status: CheckoutStatus
+    payment_status: CheckoutPaymentStatus
+    amount_minor: int
+    currency: str
+    expires_at: int
+    user_id: str | None
+    success_url: str | None = None
+    cancel_url: str | None = None
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """A verified webhook event.
 
-    ``provider_ref``, ``amount_minor`` and ``currency`` are set when the event's object is a PaymentIntent;
-    ``status`` only for the event types that settle a payment (succeeded, processing, requires_action,
-    payment_failed, canceled -> failed). ``failure_code``/``failure_message`` come from the intent's
-    ``last_payment_error`` on failure events.
+    ``provider_ref``, ``amount_minor`` and ``currency`` are set when the event's object is a PaymentIntent
+    or a Checkout Session (then ``provider_ref`` is the session's id and ``checkout`` the session); ``status``
+    only for the event types that settle a payment (succeeded, processing, requires_action, payment_failed,
+    canceled -> failed; for Checkout see ``webhooks``). ``failure_code``/``failure_message`` come from the
+    intent's ``last_payment_error`` on failure events.
     """
 
     id: str
@@ -67,6 +93,7 @@ class WebhookEvent:
     currency: str | None
     failure_code: str | None = None
     failure_message: str | None = None
+    checkout: CheckoutSession | None = None
 
 
 class PaymentGateway(Protocol):
@@ -87,10 +114,25 @@ class PaymentGateway(Protocol):
 
     async def retrieve(self, provider_ref: str) -> Charge: ...
 
+    async def create_checkout_session(
+        self,
+        *,
+        amount_minor: int,
+        currency: str,
+        user_id: str,
+        customer_email: str | None,
+        product_name: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> CheckoutSession: ...
+
     def parse_webhook(self, payload: bytes, signature_header: str | None) -> WebhookEvent: ...
 
     async def aclose(self) -> None: ...
 
+
+MAXIMUM_PURCHASE_USD = 100_000  # the most one payment or checkout session adds to a balance
 
 # Stripe's minimum charge amounts in minor units (docs.stripe.com/currencies#minimum-and-maximum-charge-
 # amounts): below them Stripe answers 400 amount_too_small ("Amount must be at least $0.50 usd").

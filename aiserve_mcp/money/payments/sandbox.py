@@ -1,4 +1,5 @@
-"""The sandbox gateway (for development): Stripe's test payment methods decide the outcome; no money moves."""
+"""The sandbox gateway (for development): Stripe's test payment methods decide the outcome; no money moves.
+Its checkout sessions are paid on a stand-in page of this server (``SANDBOX_CHECKOUT_PATH``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from dataclasses import replace
 import stripe
 
 from aiserve_mcp.core.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from aiserve_mcp.money.payments.base import Charge, WebhookEvent, check_charge_args
+from aiserve_mcp.money.payments.base import Charge, CheckoutSession, WebhookEvent, check_charge_args
 from aiserve_mcp.money.payments.webhooks import verify_and_parse
+
+SANDBOX_CHECKOUT_PATH = "/console/checkout/sandbox/"  # + the session id: the stand-in for Stripe's page
+CHECKOUT_LIFETIME_S = 24 * 3600  # Stripe's default for a Checkout Session
 
 _SANDBOX_SUCCEEDS = frozenset(
     {
@@ -66,14 +70,21 @@ class SandboxGateway:
 
     ``parse_webhook`` verifies the ``Stripe-Signature`` header exactly as ``StripeGateway`` does, with
     ``webhook_secret``; ``signed_event`` builds such a webhook for a sandbox payment.
+
+    ``create_checkout_session`` opens a session (id ``sandbox_cs_...``) whose ``url`` is the stand-in page
+    ``<base_url>/console/checkout/sandbox/<id>``; ``pay_checkout`` is what that page's Pay button does. Keys
+    replay as for ``charge``; a session expires after 24 hours, as Stripe's do by default.
     """
 
     name = "sandbox"
 
-    def __init__(self, webhook_secret: str | None = None) -> None:
+    def __init__(self, webhook_secret: str | None = None, *, base_url: str = "http://127.0.0.1:8080") -> None:
         self._webhook_secret = webhook_secret
+        self._base_url = base_url.rstrip("/")
         self._charges: dict[str, Charge] = {}
         self._by_key: dict[str, tuple[str, Charge]] = {}
+        self._sessions: dict[str, CheckoutSession] = {}
+        self._sessions_by_key: dict[str, tuple[str, str]] = {}
 
     async def aclose(self) -> None:
         """Nothing to release; present so both gateways close the same way."""
@@ -142,6 +153,64 @@ class SandboxGateway:
             )
         self._charges[provider_ref] = done
         return done
+
+    async def create_checkout_session(
+        self,
+        *,
+        amount_minor: int,
+        currency: str,
+        user_id: str,
+        customer_email: str | None,
+        product_name: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> CheckoutSession:
+        """Open a session paid on the stand-in page; replays the first session for a repeated key."""
+        code = check_charge_args(amount_minor, currency, idempotency_key)
+        details = [amount_minor, code, user_id, customer_email, product_name, success_url, cancel_url]
+        fingerprint = hashlib.sha256(json.dumps(details).encode()).hexdigest()
+        previous = self._sessions_by_key.get(idempotency_key)
+        if previous is not None:
+            if previous[0] != fingerprint:
+                raise Conflict("this idempotency key was already used for a payment with different details")
+            return self.checkout_session(previous[1])
+        session_id = f"sandbox_cs_{secrets.token_hex(12)}"
+        self._sessions[session_id] = CheckoutSession(
+            id=session_id,
+            url=f"{self._base_url}{SANDBOX_CHECKOUT_PATH}{session_id}",
+            status="open",
+            payment_status="unpaid",
+            amount_minor=amount_minor,
+            currency=code,
+            expires_at=int(time.time()) + CHECKOUT_LIFETIME_S,
+            user_id=user_id,
+            success_url=success_url,
+            cancel_url=cancel_url,
+        )
+        self._sessions_by_key[idempotency_key] = (fingerprint, session_id)
+        return self._sessions[session_id]
+
+    def checkout_session(self, session_id: str) -> CheckoutSession:
+        """The session as it stands (an open one past its ``expires_at`` is ``"expired"``)."""
+        found = self._sessions.get(session_id)
+        if found is None:
+            raise NotFound("no such checkout session", {"provider": "sandbox"})
+        if found.status == "open" and found.expires_at <= time.time():
+            found = self._sessions[session_id] = replace(found, status="expired", url=None)
+        return found
+
+    def pay_checkout(self, session_id: str) -> CheckoutSession:
+        """Pay an open session as a card would: ``"complete"`` and ``"paid"`` (a paid one stays as it is;
+        an expired one is a ``Conflict``)."""
+        found = self.checkout_session(session_id)
+        if found.status == "complete":
+            return found
+        if found.status != "open":
+            raise Conflict("this checkout session expired: start a new one", {"status": found.status})
+        paid = replace(found, status="complete", payment_status="paid", url=None)
+        self._sessions[session_id] = paid
+        return paid
 
     def parse_webhook(self, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify the ``Stripe-Signature`` header with the sandbox's secret and read the event."""

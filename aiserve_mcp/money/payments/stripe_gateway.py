@@ -8,6 +8,7 @@ from typing import Any, cast
 import httpx
 import stripe
 from stripe.params import PaymentIntentCreateParams, PaymentIntentCreateParamsPaymentMethodData
+from stripe.params.checkout import SessionCreateParams
 
 from aiserve_mcp.core.errors import (
     Conflict,
@@ -17,15 +18,22 @@ from aiserve_mcp.core.errors import (
     UpstreamTimeout,
     ValidationFailed,
 )
-from aiserve_mcp.money.payments.base import GENERIC_DECLINE_MESSAGE, Charge, WebhookEvent, check_charge_args
+from aiserve_mcp.money.payments.base import (
+    GENERIC_DECLINE_MESSAGE,
+    Charge,
+    CheckoutSession,
+    WebhookEvent,
+    check_charge_args,
+)
 from aiserve_mcp.money.payments.intents import charge_from_intent
+from aiserve_mcp.money.payments.sessions import checkout_session_from
 from aiserve_mcp.money.payments.webhooks import verify_and_parse
 
 DEFAULT_RETURN_URL = "https://aiserve.invalid/billing/return"
 
 
 class StripeGateway:
-    """Stripe PaymentIntents through the official SDK's async client (HTTPX).
+    """Stripe PaymentIntents and Checkout Sessions through the official SDK's async client (HTTPX).
 
     ``charge`` takes a PaymentMethod id (``pm_...``), sent as ``payment_method``, or a card token
     (``tok_...``), sent as ``payment_method_data[type]=card`` with ``payment_method_data[card][token]``:
@@ -35,8 +43,9 @@ class StripeGateway:
     ``payment_method_types``) under the caller's idempotency key, so Stripe replays the first answer to a
     retry. ``return_url`` is sent so that a card needing 3-D Secure answers ``next_action.redirect_to_url``
     (a page to send the payer to, who comes back to ``return_url``) rather than an in-browser SDK challenge.
-    The SDK retries connection errors, 409 and 5xx ``max_network_retries`` times with the same idempotency
-    key. Call ``aclose`` when done.
+    ``create_checkout_session`` opens a Checkout Session (Stripe's hosted payment page) instead, for a
+    person to pay on with any payment method the account offers. The SDK retries connection errors, 409
+    and 5xx ``max_network_retries`` times with the same idempotency key. Call ``aclose`` when done.
     """
 
     name = "stripe"
@@ -124,6 +133,57 @@ class StripeGateway:
         except stripe.StripeError as exc:
             raise _translate(exc, "retrieve") from None
         return charge_from_intent(intent.to_dict())
+
+    async def create_checkout_session(
+        self,
+        *,
+        amount_minor: int,
+        currency: str,
+        user_id: str,
+        customer_email: str | None,
+        product_name: str,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> CheckoutSession:
+        """A ``payment``-mode Checkout Session of one line item (``price_data`` with ``product_data``,
+        quantity 1) for ``amount_minor``; the user goes in ``metadata[user_id]`` and ``client_reference_id``,
+        where the webhook finds it. It expires after Stripe's default 24 hours: an ``expires_at`` computed
+        from the clock would differ on a retry, and Stripe refuses a reused idempotency key whose
+        parameters differ. Without a webhook secret nobody could learn that the payer paid, so no session
+        is opened then (``ServiceUnavailable``)."""
+        code = check_charge_args(amount_minor, currency, idempotency_key)
+        if not self._webhook_secret:
+            raise ServiceUnavailable(
+                "payments are misconfigured: checkout pages need AISERVE_STRIPE_WEBHOOK_SECRET, the secret "
+                "that Stripe's confirmations of their payments are verified with"
+            )
+        params: SessionCreateParams = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": code,
+                        "unit_amount": amount_minor,
+                        "product_data": {"name": product_name},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "client_reference_id": user_id,
+            "metadata": {"user_id": user_id},
+        }
+        if customer_email:
+            params["customer_email"] = customer_email
+        try:
+            session = await self._client.v1.checkout.sessions.create_async(
+                params, options={"idempotency_key": idempotency_key}
+            )
+        except stripe.StripeError as exc:
+            raise _translate(exc, "checkout") from None
+        return checkout_session_from(session.to_dict())
 
     def parse_webhook(self, payload: bytes, signature_header: str | None) -> WebhookEvent:
         """Verify the ``Stripe-Signature`` header (HMAC-SHA256, at most 300 s old) and read the event."""

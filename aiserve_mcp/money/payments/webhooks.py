@@ -10,6 +10,7 @@ import stripe
 from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.money.payments.base import GENERIC_DECLINE_MESSAGE, PaymentStatus, WebhookEvent
 from aiserve_mcp.money.payments.intents import failure_of
+from aiserve_mcp.money.payments.sessions import checkout_outcome, checkout_session_from
 
 WEBHOOK_TOLERANCE_S = 300
 
@@ -57,6 +58,8 @@ def _event_from_dict(data: Mapping[str, Any]) -> WebhookEvent:
         raise WebhookRejected("the webhook body is not a Stripe event: it lacks an id or a type")
     body = data.get("data")
     obj = body.get("object") if isinstance(body, Mapping) else None
+    if isinstance(obj, Mapping) and obj.get("object") == "checkout.session":
+        return _checkout_event(event_id, event_type, obj)
     if not isinstance(obj, Mapping) or obj.get("object") != "payment_intent":
         return WebhookEvent(event_id, event_type, None, None, None, None)
     amount = obj.get("amount")
@@ -74,4 +77,20 @@ def _event_from_dict(data: Mapping[str, Any]) -> WebhookEvent:
         currency=currency.lower() if isinstance(currency, str) else None,
         failure_code=code,
         failure_message=(message or GENERIC_DECLINE_MESSAGE) if status == "failed" else None,
+    )
+
+
+def _checkout_event(event_id: str, event_type: str, obj: Mapping[str, Any]) -> WebhookEvent:
+    session = checkout_session_from(obj)
+    status, code, message = checkout_outcome(event_type, session) or (None, None, None)
+    return WebhookEvent(
+        id=event_id,
+        type=event_type,
+        provider_ref=session.id or None,
+        status=status,
+        amount_minor=session.amount_minor,
+        currency=session.currency,
+        failure_code=code,
+        failure_message=message,
+        checkout=session,
     )

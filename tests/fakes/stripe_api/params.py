@@ -52,7 +52,8 @@ def invalid(message: str, param: str, code: str | None = None, **extra: Any) -> 
     return 400, {"error": {**error, **extra}}
 
 
-def _missing(param: str) -> Refusal:
+def missing(param: str) -> Refusal:
+    """400 ``parameter_missing``: "Missing required param: <param>." """
     return invalid(f"Missing required param: {param}.", param, "parameter_missing")
 
 
@@ -69,7 +70,7 @@ def _no_such_payment_method(pm: str) -> Refusal:
 def check_amount(params: dict[str, Any]) -> Refusal | int:
     """The amount in minor units, or Stripe's refusal of it (checked before the currency, as Stripe does)."""
     if not params.get("amount"):
-        return _missing("amount")
+        return missing("amount")
     raw = params["amount"]
     if not isinstance(raw, str) or not raw.lstrip("-").isdigit():
         return invalid(f"Invalid integer: {raw}", "amount", "parameter_invalid_integer")
@@ -83,17 +84,24 @@ def check_amount(params: dict[str, Any]) -> Refusal | int:
 
 def check_currency(params: dict[str, Any], amount: int) -> Refusal | str:
     """The lower-case currency, or Stripe's refusal of it (or of an amount under its minimum)."""
-    if not params.get("currency"):
-        return _missing("currency")
-    raw = params["currency"]
-    currency = raw.lower() if isinstance(raw, str) else ""
-    if currency not in SUPPORTED_CURRENCIES:
-        return invalid(
-            f"Invalid currency: {raw}. Stripe currently supports these currencies: {CURRENCIES}", "currency"
-        )
+    currency = known_currency(params.get("currency"), "currency")
+    if isinstance(currency, tuple):
+        return currency
     minimum = MINIMUM_AMOUNTS.get(currency)
     if minimum is not None and amount < minimum[0]:
         return invalid(f"Amount must be at least {minimum[1]} {currency}", "amount", "amount_too_small")
+    return currency
+
+
+def known_currency(raw: Any, param: str) -> Refusal | str:
+    """The lower-case currency sent as ``param``, or Stripe's refusal of it (missing, or not supported)."""
+    if not raw:
+        return missing(param)
+    currency = raw.lower() if isinstance(raw, str) else ""
+    if currency not in SUPPORTED_CURRENCIES:
+        return invalid(
+            f"Invalid currency: {raw}. Stripe currently supports these currencies: {CURRENCIES}", param
+        )
     return currency
 
 
@@ -123,7 +131,7 @@ def payment_method_of(
     if data is None:
         return None, None
     if not isinstance(data, dict) or not data.get("type"):
-        return _missing("payment_method_data[type]")
+        return missing("payment_method_data[type]")
     if data["type"] != "card":
         return invalid(
             "This local Stripe knows only card PaymentMethods made from test tokens.",
@@ -132,7 +140,7 @@ def payment_method_of(
     card = data.get("card")
     token = card.get("token") if isinstance(card, dict) else None
     if not token:
-        return _missing("payment_method_data[card][token]")
+        return missing("payment_method_data[card][token]")
     if token not in TOKENS:
         return invalid(f"No such token: '{token}'", "payment_method_data[card][token]", "resource_missing")
     return new_id("pm"), TOKENS[str(token)]

@@ -2,7 +2,9 @@
 
 Knobs on ``StripeState``: ``fail_next`` (that many requests get 500 ``api_error``, answered in front of the
 idempotency layer so a retry with the same key is processed), ``delay_s`` (every answer is that late),
-``complete``/``fail_authentication`` (finish a 3-D Secure challenge), ``requests`` (what was asked).
+``complete``/``fail_authentication`` (finish a 3-D Secure challenge), ``requests`` (what was asked), and
+the webhook endpoint events go to (``webhook_url`` signed with ``webhook_secret``, through
+``webhook_transport`` when the receiving app runs in process; ``deliveries`` lists what was sent).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 API_KEY = "sk_test_fake51AiserveTestKey0000000000000000"
 
@@ -32,10 +36,15 @@ class StripeState:
 
     api_key: str = API_KEY
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     idempotency: dict[str, tuple[str, int, bytes]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     fail_next: int = 0
     delay_s: float = 0.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_transport: httpx.AsyncBaseTransport | None = None
+    deliveries: list[tuple[str, int]] = field(default_factory=list)  # (event type, HTTP status)
 
     @property
     def created(self) -> list[dict[str, Any]]:
