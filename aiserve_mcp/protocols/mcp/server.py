@@ -1,7 +1,7 @@
 """The MCP server (official SDK, low-level ``Server``): lists and calls the registry's tools, and serves the
-resources (``resources``) and prompts (``prompts``) built on them; the conformance suite's fixtures
-(``aiserve_mcp.dev.mcp_conformance``, a testing aid imported only then) only when
-``AISERVE_MCP_CONFORMANCE_FIXTURES`` is set.
+resources (``resources``), MCP Apps views (``apps``) and prompts (``prompts``) built on them; the
+conformance suite's fixtures (``aiserve_mcp.dev.mcp_conformance``, a testing aid imported only then) only
+when ``AISERVE_MCP_CONFORMANCE_FIXTURES`` is set.
 
 Tool refusals are ``isError`` results whose text is the spec's error body (code + message an agent can act
 on), never a JSON-RPC error and never a hidden "Error executing tool".
@@ -17,12 +17,14 @@ from typing import Any
 
 from mcp import types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.apps import EXTENSION_ID as APPS_EXTENSION
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from aiserve_mcp import __version__
 from aiserve_mcp.core.errors import AiserveError, error_body
 from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.protocols.mcp.apps import McpApps, tool_meta
 from aiserve_mcp.protocols.mcp.prompts import McpPrompts
 from aiserve_mcp.protocols.mcp.resources import McpResources
 from aiserve_mcp.tools.ports import Ports
@@ -61,6 +63,7 @@ def mcp_tool(tool: Tool) -> types.Tool:
             idempotent_hint=hints.idempotent,
             open_world_hint=hints.open_world,
         ),
+        _meta=tool_meta(tool.name),
     )
 
 
@@ -123,6 +126,7 @@ def build_mcp_server(
         )
 
     resources = McpResources(registry, services.events, principal_of, run_tool)
+    apps = McpApps(registry, principal_of, resources)
     prompts = McpPrompts(registry, principal_of)
     server: Server[object] = Server(
         "aiserve",
@@ -131,15 +135,16 @@ def build_mcp_server(
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call,
-        on_list_resources=resources.list_resources,
+        on_list_resources=apps.list_resources,
         on_list_resource_templates=resources.list_templates,
-        on_read_resource=resources.read,
+        on_read_resource=apps.read,
         on_subscribe_resource=resources.subscribe,
         on_unsubscribe_resource=resources.unsubscribe,
         on_subscriptions_listen=resources.listen,
         on_list_prompts=prompts.list_prompts,
         on_get_prompt=prompts.get_prompt,
     )
+    server.extensions[APPS_EXTENSION] = {}
     if services.settings.mcp_conformance_fixtures:
         fixtures = importlib.import_module("aiserve_mcp.dev.mcp_conformance")  # never loaded in production
         fixtures.install_conformance_fixtures(server)
