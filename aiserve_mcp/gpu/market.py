@@ -151,6 +151,7 @@ class GpuMarket:
                 id=contract_id,
                 user_id=payer.user_id,
                 api_key_id=payer.api_key_id,
+                grant_id=payer.grant_id,
                 provider=provider_name,
                 offer_id=offer_id,
                 gpu_model=offer.gpu_model,

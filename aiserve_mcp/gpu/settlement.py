@@ -57,8 +57,9 @@ class Settlement:
             contract.user_id,
             "",
             False,
-            "api_key" if contract.api_key_id else "jwt",
+            "api_key" if contract.api_key_id else "oauth" if contract.grant_id else "jwt",
             api_key_id=contract.api_key_id,
+            grant_id=contract.grant_id,
         )
         try:
             await self._costs.authorize(

@@ -41,6 +41,7 @@ class GpuContract(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     api_key_id: Mapped[str | None] = mapped_column(String(36))  # the key it was rented with (its budget)
+    grant_id: Mapped[str | None] = mapped_column(String(36))  # or the connected app's grant (its budget)
     provider: Mapped[str] = mapped_column(String(32))
     offer_id: Mapped[str] = mapped_column(String(128))
     instance_id: Mapped[str | None] = mapped_column(String(128))

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -14,7 +15,9 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
+from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.money.guardrails import grant_scope
 from tests.conftest import Account, app_client, asgi_client, funded, running, serve, sign_up
 from tests.fakes.ionet_api.server import API, ionet_app
 from tests.fakes.ionet_api.state import IoNetState
@@ -371,6 +374,26 @@ async def test_expired_contracts_are_destroyed(
     kept = (await http.get(f"/api/v1/gpu/contracts/{renewing['contract_id']}", headers=owner.headers)).json()
     assert kept["status"] == "running"
     assert datetime.fromisoformat(kept["expires_at"]) > datetime.now(UTC) + timedelta(minutes=58)
+
+
+async def test_a_renewal_is_held_to_the_budget_of_the_app_that_rented(
+    market: Market, market_app: Starlette, http: httpx.AsyncClient, owner: Account
+) -> None:
+    rented = (
+        await http.post(
+            "/api/v1/gpu/instances/vastai/102",
+            json={"duration_hours": 1, "auto_renew": True},
+            headers=owner.headers,
+        )
+    ).json()
+    services = market_app.state.services
+    person = Principal(owner.user_id, owner.email, False, "jwt")
+    await services.costs.guardrails.set_limits(person, grant_scope("grant-1"), {"daily": Decimal("0.01")})
+    # as if rented through the connected app whose grant is grant-1 (the OAuth tests make real ones)
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    await services.market.contracts.update(rented["contract_id"], grant_id="grant-1", expires_at=past)
+    assert await services.market.expire_due() == 1  # the app's budget refuses the next period
+    assert market.vast.destroyed == [int(rented["instance_id"])]
 
 
 async def test_reserve_reports_progress_to_mcp_clients(market: Market) -> None:
