@@ -14,6 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from aiserve_mcp.bootstrap import Services
+from aiserve_mcp.console.consent import CONSENT_PATH
+from aiserve_mcp.console.routes import console_routes
+from aiserve_mcp.console.web import EXCEPTION_HANDLERS as CONSOLE_EXCEPTION_HANDLERS
 from aiserve_mcp.core.errors import NotFound, error_body
 from aiserve_mcp.core.events import publish_forever
 from aiserve_mcp.core.settings import Settings
@@ -23,6 +26,8 @@ from aiserve_mcp.protocols.admission import AdmissionMiddleware, ErrorBoundary, 
 from aiserve_mcp.protocols.agent_door.door import AgentDoor
 from aiserve_mcp.protocols.mcp.http import McpHttpTransports, request_address_resolver, request_principal
 from aiserve_mcp.protocols.mcp.server import build_mcp_server
+from aiserve_mcp.protocols.oauth.routes import BearerChallenge, oauth_routes
+from aiserve_mcp.protocols.oauth.urls import OAuthUrls
 from aiserve_mcp.protocols.prelude import services_of
 from aiserve_mcp.protocols.websocket import websocket_routes
 from aiserve_mcp.rest_compat.endpoint import rest_routes
@@ -63,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     mcp_http = McpHttpTransports(mcp_server, settings)
     a2a = A2aSurface(services, REGISTRY, DatabaseA2aTaskStore(services.db))
+    oauth_urls = OAuthUrls.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -89,6 +95,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         AgentDoor(REGISTRY).route(),
         *rest_routes(REGISTRY),
         *websocket_routes(),
+        *console_routes(),
+        *oauth_routes(services.oauth, oauth_urls, CONSENT_PATH),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
@@ -98,9 +106,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(ErrorBoundary),
             Middleware(PredictFastPath, registry=REGISTRY),
             Middleware(TelemetryMiddleware),
+            Middleware(BearerChallenge, urls=oauth_urls),
             Middleware(AdmissionMiddleware),
         ],
-        exception_handlers={404: not_found, 405: method_not_allowed},
+        exception_handlers={404: not_found, 405: method_not_allowed, **CONSOLE_EXCEPTION_HANDLERS},
         lifespan=lifespan,
     )
     app.state.services = services

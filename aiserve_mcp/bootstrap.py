@@ -12,6 +12,8 @@ import httpx
 from pydantic import SecretStr
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from aiserve_mcp.accounts.oauth import OAuthService
+from aiserve_mcp.accounts.oauth_registry import ClientRegistry
 from aiserve_mcp.accounts.security import TokenSigner, load_or_create_secret
 from aiserve_mcp.accounts.service import AccountService
 from aiserve_mcp.core.events import Event, EventBus, MemoryEventBus, RedisEventBus
@@ -36,13 +38,17 @@ from aiserve_mcp.money.payments.stripe_gateway import StripeGateway
 from aiserve_mcp.money.spend_store.base import SpendStore
 from aiserve_mcp.money.spend_store.redis_store import RedisSpendStore
 from aiserve_mcp.money.spend_store.sql import SqlSpendStore
+from aiserve_mcp.protocols.oauth.urls import OAuthUrls
 from aiserve_mcp.serving.fetch import ModelFetcher, fetch_client
 from aiserve_mcp.serving.host import ModelHost
 from aiserve_mcp.serving.store import ModelStore
 from aiserve_mcp.serving.upload_links import UploadLinkStore
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
+from aiserve_mcp.tools.upload_links import public_base_url
 from aiserve_mcp.traffic.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
+from aiserve_mcp.traffic.documents import DocumentFetcher
+from aiserve_mcp.traffic.egress import isolated_client
 from aiserve_mcp.traffic.pools import PoolStore
 from aiserve_mcp.traffic.service import Traffic
 from aiserve_mcp.worker.bundle import WorkerLaunch
@@ -66,6 +72,8 @@ class Services:
     upload_links: UploadLinkStore
     model_host: ModelHost
     model_fetcher: ModelFetcher
+    oauth: OAuthService
+    client_documents: DocumentFetcher
     events: EventBus
     payments: PaymentGateway | None
     outbound: httpx.AsyncClient
@@ -132,10 +140,26 @@ class Services:
             timeout_s=settings.proxy_timeout_s,
             allow_private=settings.proxy_allow_private,
         )
+        oauth_resources = OAuthUrls.from_settings(settings).resources
+        accounts = AccountService(
+            db,
+            signer,
+            settings.refresh_token_ttl_s,
+            settings.read_cache_ttl_s,
+            oauth_audiences=oauth_resources,
+        )
+        client_documents = DocumentFetcher(
+            isolated_client(settings.oauth_client_fetch_ca_file),
+            settings.oauth_client_fetch_allowed_hosts,
+            setting="AISERVE_OAUTH_CLIENT_FETCH_ALLOWED_HOSTS",
+            what="client metadata document",
+            timeout_s=5.0,
+            max_bytes=64 * 1024,
+        )
         return cls(
             settings=settings,
             db=db,
-            accounts=AccountService(db, signer, settings.refresh_token_ttl_s, settings.read_cache_ttl_s),
+            accounts=accounts,
             rate_limiter=RateLimiter(windows, settings.rate_limit_window_s, telemetry),
             telemetry=telemetry,
             redis=redis,
@@ -158,6 +182,16 @@ class Services:
             model_fetcher=ModelFetcher(
                 fetch_client(), settings.model_fetch_allowed_hosts, settings.model_fetch_timeout_s
             ),
+            oauth=OAuthService(
+                db,
+                signer,
+                accounts,
+                ClientRegistry(db, signer, client_documents),
+                oauth_resources,
+                settings.oauth_access_token_ttl_s,
+                settings.refresh_token_ttl_s,
+            ),
+            client_documents=client_documents,
             events=events,
             payments=_payments(settings),
             outbound=outbound,
@@ -190,6 +224,7 @@ class Services:
         await self.outbound.aclose()
         await self.proxy_client.aclose()
         await self.model_fetcher.aclose()
+        await self.client_documents.aclose()
         if self.payments is not None:
             await self.payments.aclose()
         if self.redis is not None:
@@ -210,7 +245,7 @@ def _payments(settings: Settings) -> PaymentGateway | None:
             webhook_secret=_secret(settings.stripe_webhook_secret),
         )
     if settings.billing_sandbox:
-        return SandboxGateway(_secret(settings.stripe_webhook_secret))
+        return SandboxGateway(_secret(settings.stripe_webhook_secret), base_url=public_base_url(settings))
     return None
 
 

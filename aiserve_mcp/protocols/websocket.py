@@ -2,9 +2,13 @@
 
 The caller authenticates with the account service of the API, by ``Authorization: Bearer <token or API
 key>``, ``X-API-Key``, ``?token=``, or a first message ``{"type": "auth", "token": "..."}`` sent within
-``AUTH_TIMEOUT_S`` (answered ``{"type": "authenticated"}``). Missing or bad credentials are answered with
-an error message, then the socket is closed with code 4401; so is a connection whose credential stops
-being valid (logout, a revoked key, expiry), checked again every ``RECHECK_INTERVAL_S``.
+``AUTH_TIMEOUT_S`` (answered ``{"type": "authenticated"}``). A browser, which can set no header on a
+WebSocket, is signed in by the console's session cookie, but only when the handshake's ``Origin`` is this
+server (its ``Host``, ``AISERVE_PUBLIC_URL``) or one of ``AISERVE_ALLOWED_ORIGINS``: a page of another site
+would otherwise ride on the cookie (cross-site WebSocket hijacking), so the cookie with a foreign
+``Origin`` is refused. Missing or bad credentials are answered with an error message, then the socket is
+closed with code 4401; so is a connection whose credential stops being valid (logout, a revoked key,
+expiry), checked again every ``RECHECK_INTERVAL_S``.
 
 Messages: ``ping`` -> ``pong`` and ``{"type": "ping"}`` -> ``{"type": "pong"}``; ``subscribe:<stream>`` or
 ``{"type": "subscribe", "stream": ...}`` -> ``{"type": "subscribed", "stream": ...}``, then that stream's
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -27,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from aiserve_mcp.core.errors import (
     AiserveError,
+    AuthInvalid,
     AuthRequired,
     Forbidden,
     PayloadTooLarge,
@@ -42,6 +49,7 @@ from aiserve_mcp.protocols.prelude import services_of
 from aiserve_mcp.tools.ports import Ports
 
 WS_PATH: Final = "/ws"
+SESSION_COOKIE: Final = "aiserve_session"  # the console's session (console.web sets it)
 AUTH_TIMEOUT_S: Final = 10.0
 RECHECK_INTERVAL_S: Final = 60.0
 READY_TIMEOUT_S: Final = 5.0  # longest a subscribe waits for the event bus (Redis) to listen
@@ -88,9 +96,52 @@ async def events_socket(websocket: WebSocket) -> None:
     await connection.serve()
 
 
+def origin_allowed(origin: str, host: str | None, public_url: str | None, allowed: Iterable[str]) -> bool:
+    """Whether a browser's ``origin`` is this server: its ``host``, the origin of ``public_url``, or one of
+    ``allowed`` (exact, or ``scheme://host:*`` for any port)."""
+    netloc = urlsplit(origin).netloc
+    if origin not in (f"http://{netloc}", f"https://{netloc}") or not netloc:
+        return False
+    if netloc == host or (public_url and origin == _origin_of(public_url)):
+        return True
+    return any(origin == a or _any_port(a, origin) for a in allowed)
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _any_port(pattern: str, origin: str) -> bool:
+    base = pattern.removesuffix("*")
+    return pattern.endswith(":*") and origin.startswith(base) and origin[len(base) :].isdigit()
+
+
+def _session_cookie(websocket: WebSocket) -> str | None:
+    """The console session from the cookie when the page that opened the socket is this server's; None
+    without a cookie or an ``Origin`` (a program, not a browser page)."""
+    session = websocket.cookies.get(SESSION_COOKIE)
+    origin = websocket.headers.get("origin")
+    if not session or not origin:
+        return None
+    settings = services_of(websocket.scope).settings
+    host = websocket.headers.get("host")
+    if not origin_allowed(origin, host, settings.public_url, settings.allowed_origins):
+        raise AuthInvalid(
+            f"a page of {origin} cannot use this server's console session (only this server's own pages "
+            "and AISERVE_ALLOWED_ORIGINS can): send a token instead"
+        )
+    return session
+
+
 async def _credential(websocket: WebSocket) -> tuple[str, bool]:
-    """The credential from the headers or the query (False), else from the first message (True)."""
-    credential = bearer_credential(websocket.headers) or websocket.query_params.get("token")
+    """The credential from the headers, the query or the console session (False), else from the first
+    message (True)."""
+    credential = (
+        bearer_credential(websocket.headers)
+        or websocket.query_params.get("token")
+        or _session_cookie(websocket)
+    )
     if credential:
         return credential, False
     with anyio.move_on_after(AUTH_TIMEOUT_S):

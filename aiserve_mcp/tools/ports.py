@@ -14,6 +14,7 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from aiserve_mcp.accounts.oauth import OAuthService
 from aiserve_mcp.accounts.service import AccountService
 from aiserve_mcp.core.events import EventBus
 from aiserve_mcp.core.ratelimit import RateLimiter
@@ -108,7 +109,22 @@ class KeyBudgetPorts(AccountsPort, MoneyPort, Protocol):
     """API keys and the spending limits of each key."""
 
 
-class Ports(AccountsPort, GpuPort, TrafficPort, MoneyPort, ServingPort, SystemPort, Protocol):
+class OAuthPort(Protocol):
+    """The OAuth authorization server: clients, and the grants that connect them to people's accounts."""
+
+    @property
+    def oauth(self) -> OAuthService: ...
+
+
+class CheckoutPorts(MoneyPort, Protocol):
+    """Credits and the payment gateway, with the settings that give this server's public address (where
+    a checkout page sends its payer back to)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+
+class Ports(AccountsPort, GpuPort, TrafficPort, MoneyPort, ServingPort, SystemPort, OAuthPort, Protocol):
     """Everything a surface offers its tools, read-only: every narrow port, and the event bus the
     adapters stream from."""
 
