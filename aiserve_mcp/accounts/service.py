@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -211,6 +211,17 @@ class AccountService:
             raise AuthInvalid("API key has expired")
         return checked.principal
 
+    async def recheck(self, principal: Principal) -> Principal:
+        """``principal`` as its credential stands now, looked up again by id (its login session, API key
+        or OAuth grant, whose scopes it keeps at most): ``AuthInvalid`` once that was revoked or expired or
+        the account disabled. Whatever acts later for a caller (an approved request) acts as this."""
+        if principal.api_key_id is not None:
+            match = (ApiKey.id == principal.api_key_id, ApiKey.user_id == principal.user_id)
+            return (await self._api_key(*match)).principal
+        if principal.grant_id is not None:
+            return await self._grant(principal.user_id, principal.grant_id, principal.scopes or frozenset())
+        return await self._authenticate_token(AccessClaims(principal.user_id, principal.session_id or ""))
+
     async def _check(self, credential: str) -> _Checked:
         if credential.startswith(API_KEY_PREFIX):
             return await self._authenticate_api_key(credential)
@@ -224,12 +235,16 @@ class AccountService:
         token's own); like an API key, it is an administrator's only with the ``admin`` scope."""
         if claims.audience.rstrip("/") not in self._audiences:
             raise AuthInvalid("this access token was issued for another resource")
+        return await self._grant(claims.user_id, claims.grant_id, claims.scopes)
+
+    async def _grant(self, user_id: str, grant_id: str, scopes: frozenset[str]) -> Principal:
+        """The principal of ``user_id``'s standing grant ``grant_id``, with its scopes among ``scopes``."""
         async with self._db.session() as session:
             row = (
                 await session.execute(
                     select(OAuthGrant, User)
                     .join(User, User.id == OAuthGrant.user_id)
-                    .where(OAuthGrant.id == claims.grant_id, User.id == claims.user_id)
+                    .where(OAuthGrant.id == grant_id, User.id == user_id)
                 )
             ).first()
         if row is None:
@@ -239,13 +254,13 @@ class AccountService:
             raise AuthInvalid("this app was disconnected from the account; connect it again")
         if not user.is_active:
             raise AuthInvalid("account is disabled")
-        scopes = frozenset(grant.scopes) & claims.scopes
+        held = frozenset(grant.scopes) & scopes
         return Principal(
             user.id,
             user.email,
-            user.is_admin and "admin" in scopes,
+            user.is_admin and "admin" in held,
             "oauth",
-            scopes=scopes,
+            scopes=held,
             grant_id=grant.id,
             client_id=grant.client_id,
         )
@@ -269,13 +284,15 @@ class AccountService:
         return Principal(user.id, user.email, user.is_admin, "jwt", session_id=login.id)
 
     async def _authenticate_api_key(self, key: str) -> _Checked:
+        return await self._api_key(ApiKey.key_hash == digest(key))
+
+    async def _api_key(self, *match: ColumnElement[bool]) -> _Checked:
+        """The principal of the API key that ``match`` selects, unless revoked, expired or disabled."""
         now = _now()
         async with self._db.session() as session:
             row = (
                 await session.execute(
-                    select(ApiKey, User)
-                    .join(User, User.id == ApiKey.user_id)
-                    .where(ApiKey.key_hash == digest(key))
+                    select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(*match)
                 )
             ).first()
             if row is None:

@@ -64,6 +64,18 @@ class SpendingLimit(AiserveError):
         self.extra: dict[str, Any] = {"allowed": False, "violations": violations, "spent": spent}
 
 
+class ApprovalRequired(AiserveError):
+    """The caller's approval policy holds this action for its owner's decision; nothing was done, reserved
+    or spent. ``details`` is ``{"approval": {...}}``, the pending approval (its ``id``, ``status``,
+    ``action``, ``arguments``, ``amount``, ``description``, ``expires_at`` and ``url``), which the body also
+    carries at the top level; REST answers it with ``202 Accepted``."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message, details)
+        self.approval_id: str = details["approval"]["id"]
+        self.extra: dict[str, Any] = {"approval": details["approval"]}
+
+
 class InsufficientCredits(AiserveError):
     """The credit balance cannot cover the action."""
 
@@ -109,6 +121,7 @@ class ErrorKind:
 
 
 ERROR_TABLE: dict[type[AiserveError], ErrorKind] = {
+    ApprovalRequired: ErrorKind(202, "APPROVAL_REQUIRED", -32010),
     ValidationFailed: ErrorKind(400, "VALIDATION_ERROR", -32602),
     AuthRequired: ErrorKind(401, "AUTH_REQUIRED", -32001),
     AuthInvalid: ErrorKind(401, "AUTH_INVALID", -32001),
@@ -142,7 +155,7 @@ def error_body(error: AiserveError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": error.message, "code": kind_of(error).code}
     if error.details:
         body["details"] = error.details
-    if isinstance(error, SpendingLimit):
+    if isinstance(error, SpendingLimit | ApprovalRequired):
         body.update(error.extra)
     return body
 

@@ -1,4 +1,4 @@
-"""Live events: what happened to a user's instances, spending and models, and metrics snapshots.
+"""Live events: what happened to a user's instances, spending, models and approvals, and metrics snapshots.
 
 Publishers call :meth:`EventBus.publish`; subscribers (the ``/ws`` WebSocket, MCP resource subscriptions)
 iterate a :class:`Subscription` for one user and a set of streams. Without Redis the bus is this process's
@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
-STREAMS: Final = ("instances", "spending", "models", "metrics")
+STREAMS: Final = ("instances", "spending", "models", "metrics", "approvals")
 QUEUE_SIZE: Final = 256
 
 

@@ -26,6 +26,7 @@ from aiserve_mcp.gpu.contracts import ACTIVE, ContractStore, new_contract_id
 from aiserve_mcp.gpu.leftovers import end_leftovers
 from aiserve_mcp.gpu.offers import MarketSearch, OfferSearch, ranked
 from aiserve_mcp.gpu.providers.base import (
+    Offer,
     OfferQuery,
     OfferUnavailable,
     Provider,
@@ -111,6 +112,38 @@ class GpuMarket:
         """Offers from ``names`` (default: every provider), queried concurrently."""
         return await self._search([self.provider(n) for n in (names or list(self.providers))], query)
 
+    async def offer(self, provider_name: str, offer_id: str) -> Offer:
+        """One offer as its provider has it now; ``OfferUnavailable`` when it is gone or taken."""
+        with anyio.fail_after(self._timeout_s):
+            offer = await self.provider(provider_name).get_offer(offer_id)
+        if offer is None or not offer.available:
+            raise OfferUnavailable(
+                f"offer '{offer_id}' on {provider_name} is no longer available",
+                {"provider": provider_name, "offer_id": offer_id},
+            )
+        return offer
+
+    def _candidates(self, search: MarketSearch, criteria: Criteria, auto_renew: bool) -> list[Offer]:
+        """The offers :meth:`reserve` tries, best first: ranked by ``criteria``, without prepaid ones when
+        the contracts are to auto-renew."""
+        return [
+            o
+            for o in ranked(self.catalog, search.offers, criteria)
+            if not (auto_renew and self.providers[o.provider].billing == "prepaid")
+        ]
+
+    async def best_offers(
+        self,
+        count: int,
+        query: OfferQuery,
+        criteria: Criteria,
+        auto_renew: bool,
+        names: Sequence[str] | None = None,
+    ) -> list[Offer]:
+        """The ``count`` offers that :meth:`reserve` would try first now (fewer when fewer match): what a
+        reservation is quoted at. Renting may still move past one that is refused."""
+        return self._candidates(await self.search(query, names), criteria, auto_renew)[:count]
+
     # -- contracts ----------------------------------------------------------------------------------
 
     async def rent(
@@ -131,15 +164,10 @@ class GpuMarket:
             raise ValidationFailed(
                 f"{provider_name} is prepaid for duration_hours and cannot auto-renew; rent again instead"
             )
-        with anyio.fail_after(self._timeout_s):
-            if isinstance(provider, StartsWorkers):  # a machine that could never fetch the worker: refuse
+        if isinstance(provider, StartsWorkers):  # a machine that could never fetch the worker: refuse
+            with anyio.fail_after(self._timeout_s):
                 await provider.check_worker_start()
-            offer = await provider.get_offer(offer_id)
-        if offer is None or not offer.available:
-            raise OfferUnavailable(
-                f"offer '{offer_id}' on {provider_name} is no longer available",
-                {"provider": provider_name, "offer_id": offer_id},
-            )
+        offer = await self.offer(provider_name, offer_id)
         now = datetime.now(UTC)
         contract_id = new_contract_id()
         cost = offer.price_per_hour * duration_hours
@@ -226,11 +254,11 @@ class GpuMarket:
             ]
         )
         skipped: set[str] = set()
-        for offer in ranked(self.catalog, search.offers, criteria):
+        for offer in self._candidates(search, criteria, auto_renew):
             if len(result.contracts) == count:
                 break
             provider = offer.provider
-            if provider in skipped or (auto_renew and self.providers[provider].billing == "prepaid"):
+            if provider in skipped:
                 continue
             try:
                 contract = await self.rent(payer, provider, offer.offer_id, duration_hours, auto_renew, pool)

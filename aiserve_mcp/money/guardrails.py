@@ -68,8 +68,9 @@ def grant_scope(grant_id: str) -> str:
     return f"grant:{grant_id}"
 
 
-def _budget_scope(principal: Principal) -> str | None:
-    """The scope of the budget of the credential ``principal`` calls with (an API key or an OAuth grant)."""
+def credential_scope(principal: Principal) -> str | None:
+    """The scope of the credential ``principal`` calls with (an API key or an OAuth grant): where its own
+    budget and approval policy are kept; None for a login."""
     if principal.api_key_id is not None:
         return key_scope(principal.api_key_id)
     return grant_scope(principal.grant_id) if principal.grant_id is not None else None
@@ -121,7 +122,7 @@ class Guardrails:
         scopes: list[Scoped] = [
             (user_scope(principal.user_id), await self.limits(user_scope(principal.user_id)))
         ]
-        budget = _budget_scope(principal)
+        budget = credential_scope(principal)
         if budget is not None:
             scopes.append((budget, await self.limits(budget)))
         return [(scope, windows) for scope, windows in scopes if windows]

@@ -3,14 +3,17 @@ user-visible transactions that group them, holds, and the payment webhooks alrea
 
 Spending guardrails: one lock row per scope, every recorded spend, and window resets. Times in ``at``
 and ``reset_at`` are epoch seconds on the spend store's clock (the ``now`` its callers pass), not database
-timestamps, so the SQL and Redis stores count the same spends for the same ``now``."""
+timestamps, so the SQL and Redis stores count the same spends for the same ``now``.
+
+Approvals: each scope's approval policy, and the calls waiting for (or carried out after) a decision."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Numeric, String, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from aiserve_mcp.storage.tables import Base, UtcDateTime, new_id, utcnow
@@ -98,6 +101,43 @@ class GuardrailLimit(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
 
+class ApprovalPolicy(Base):
+    """When an action of ``scope`` (``user:<id>``, ``key:<api key id>``, ``grant:<oauth grant id>``) waits
+    for its owner's approval: mode ``always``, or ``above`` a USD ``threshold`` per action. No row:
+    ``never``."""
+
+    __tablename__ = "approval_policies"
+
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    threshold: Mapped[Decimal | None] = mapped_column(MONEY)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Approval(Base):
+    """A money-moving call waiting for its owner's decision, then its outcome: ``status`` pending,
+    executing, executed (``result``: the tool's output), failed (``error``: the error body), denied or
+    expired. ``requested_by`` is the caller as it asked (how it authenticated, its credential, scopes)."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_user_created", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    description: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(12))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    requested_by: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 class SpendScope(Base):
     """One row per scope (``user:<id>``, ``key:<api key id>``), locked while a spend is checked and
     recorded."""
@@ -132,3 +172,17 @@ class SpendReset(Base):
     scope: Mapped[str] = mapped_column(String(80), primary_key=True)
     window: Mapped[str] = mapped_column(String(40), primary_key=True)
     reset_at: Mapped[float] = mapped_column(Float)
+
+
+class ApprovalWebhook(Base):
+    """Where a user's new approvals are POSTed, the secret their signature is made with, and how the last
+    delivery went."""
+
+    __tablename__ = "approval_webhooks"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_outcome: Mapped[str | None] = mapped_column(String(300))

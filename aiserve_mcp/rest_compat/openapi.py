@@ -48,6 +48,23 @@ _SPENDING_FIELDS = {
     "violations": {"type": "array", "items": {"type": "object"}, "description": "Each violated window."},
     "spent": {"type": "number", "description": "USD spent in the binding window, this spend included."},
 }
+# APPROVAL_REQUIRED (202) also carries the pending approval at the top level.
+_APPROVAL_FIELDS = {
+    "approval": {
+        "type": "object",
+        "required": ["id", "status", "action", "arguments", "amount", "description", "expires_at", "url"],
+        "properties": {
+            "id": {"type": "string", "description": "Poll it with GET /api/v1/approvals/{id}."},
+            "status": {"const": "pending"},
+            "action": {"type": "string", "description": "The tool held for approval."},
+            "arguments": {"type": "object"},
+            "amount": {"type": "number", "description": "The quoted cost, USD."},
+            "description": {"type": "string"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "url": {"type": "string", "description": "The console page where the account owner decides."},
+        },
+    }
+}
 _ERROR_RESPONSE = {
     "description": "Unexpected error (INTERNAL_ERROR), or a dependency is down (SERVICE_UNAVAILABLE)",
     "content": {"application/json": {"schema": ERROR_REF}},
@@ -63,6 +80,8 @@ def _error_schema(status: int) -> dict[str, Any]:
     properties: dict[str, Any] = {"code": {"enum": _codes(status)}}
     if status == 402:
         properties |= _SPENDING_FIELDS
+    if status == 202:
+        properties |= _APPROVAL_FIELDS
     return {"allOf": [ERROR_REF, {"properties": properties}], "title": f"Error {status}"}
 
 
@@ -90,9 +109,11 @@ def _parameter(name: str, where: str, schema: dict[str, Any], required: bool) ->
 
 def _error_statuses(route: RestRoute, tool: Tool) -> set[int]:
     """What a route answers besides success: 400 when it takes input, 413 for a body, 401 and 429 where
-    HTTP admission authenticates and rate-limits, 401 and 403 for tools that need a scope, and the tool's
-    own statuses from the route table."""
+    HTTP admission authenticates and rate-limits, 401 and 403 for tools that need a scope, 202 for tools
+    that move money (a call held for approval), and the tool's own statuses from the route table."""
     statuses = {*ALWAYS, *route.errors}
+    if tool.quote is not None:
+        statuses.add(202)
     if tool.input_model.model_fields or route.method in BODY_METHODS:
         statuses.add(400)
     if route.method in BODY_METHODS:

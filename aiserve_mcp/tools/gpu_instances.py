@@ -13,8 +13,10 @@ from aiserve_mcp.gpu.market import MAX_DURATION_HOURS, ItemError, Reservation
 from aiserve_mcp.gpu.offers import ProviderReport
 from aiserve_mcp.gpu.providers.base import Offer, OfferQuery
 from aiserve_mcp.gpu.selection import Criteria
+from aiserve_mcp.money.approvals import Quote
 from aiserve_mcp.tools.common import Input, IntegerNumber, Text
 from aiserve_mcp.tools.gpu import Price, VramGb, saved_preferences
+from aiserve_mcp.tools.gpu_quotes import Wanted, offers_quote, rent_quote
 from aiserve_mcp.tools.ports import GpuPort
 from aiserve_mcp.tools.registry import Annotations, ToolContext, tool
 
@@ -175,15 +177,22 @@ def _offer_ref(provider: str, ref: str) -> str:
     return ref.removeprefix(f"{provider}:")
 
 
+async def _rent_quote(ctx: ToolContext[GpuPort], args: RentInput) -> Quote:
+    ref = _offer_ref(args.provider, args.instance_id)
+    return await rent_quote(ctx.services.market, args.provider, ref, args.duration_hours)
+
+
 @tool(
     scope="gpu:write",
     annotations=Annotations("Rent a GPU offer", read_only=False, idempotent=False, open_world=True),
+    quote=_rent_quote,
 )
 async def rent_gpu_instance(ctx: ToolContext[GpuPort], args: RentInput) -> ContractOut:
     """Rent one GPU offer found with search_gpu_offers, for duration_hours (it is destroyed when they end
     unless auto_renew). Returns the contract you own; status starts 'provisioning' (cloud) or 'running'
     (local). Fails with CONFLICT when the offer is gone (offers go stale fast: search again or use
-    reserve_gpus), SERVICE_UNAVAILABLE when the provider is not configured."""
+    reserve_gpus), SERVICE_UNAVAILABLE when the provider is not configured, APPROVAL_REQUIRED when your
+    approval policy holds it for the account owner (priced at the offer's price x duration_hours)."""
     market = ctx.services.market
     contract = await market.rent(
         ctx.caller(),
@@ -228,6 +237,9 @@ async def destroy_gpu_instance(ctx: ToolContext[GpuPort], args: InstanceRef) -> 
 
 class ReserveFilters(OfferFilters):
     provider: Literal["all", "vastai", "ionet", "local"] = "all"
+
+    def names(self) -> list[str] | None:
+        return None if self.provider == "all" else [self.provider]
 
 
 class ReserveInput(Input):
@@ -288,17 +300,30 @@ async def _reserve(
     )
 
 
+async def _quote(
+    ctx: ToolContext[GpuPort], verb: str, wanted: Wanted, filters: OfferFilters, config: RentConfig
+) -> Quote | None:
+    criteria = await _criteria(ctx, filters)
+    hours, renews = config.duration_hours, config.auto_renew
+    return await offers_quote(ctx.services.market, verb, wanted, filters.query(), criteria, hours, renews)
+
+
+async def _reserve_quote(ctx: ToolContext[GpuPort], args: ReserveInput) -> Quote | None:
+    return await _quote(ctx, "Reserve", [(args.filters.names(), args.count)], args.filters, args.config)
+
+
 @tool(
     scope="gpu:write",
     annotations=Annotations("Reserve GPUs", read_only=False, idempotent=False, open_world=True),
+    quote=_reserve_quote,
 )
 async def reserve_gpus(ctx: ToolContext[GpuPort], args: ReserveInput) -> ReserveOutput:
     """Rent `count` GPUs matching filters, choosing the best offers across providers by your saved GPU
     preferences (see test_gpu_preferences). When a provider refuses an offer it tries the next one; a
     rate-limited provider is skipped. Per-offer failures are listed in 'errors'; 'count' says how many
-    were rented. Reports progress to MCP clients that send a progress token."""
-    names = None if args.filters.provider == "all" else [args.filters.provider]
-    result = await _reserve(ctx, args.count, args.filters, args.config, names, 0)
+    were rented. Reports progress to MCP clients that send a progress token. APPROVAL_REQUIRED when your
+    approval policy holds it for the account owner (priced at the offers that rank best now)."""
+    result = await _reserve(ctx, args.count, args.filters, args.config, args.filters.names(), 0)
     return ReserveOutput(
         reserved=[Reserved.model_validate(c) for c in result.contracts],
         count=len(result.contracts),
@@ -326,14 +351,22 @@ class BatchOutput(BaseModel):
     errors: list[ItemErrorOut]
 
 
+async def _batch_quote(ctx: ToolContext[GpuPort], args: BatchInput) -> Quote | None:
+    wanted = [(["vastai"], args.vastai_count), (["ionet"], args.ionet_count), (["local"], args.local_count)]
+    return await _quote(ctx, "Rent", wanted, args.filters, args.config)
+
+
 @tool(
     scope="gpu:write",
     annotations=Annotations("Rent GPUs in batch", read_only=False, idempotent=False, open_world=True),
+    quote=_batch_quote,
 )
 async def batch_rent_gpu_instances(ctx: ToolContext[GpuPort], args: BatchInput) -> BatchOutput:
     """Rent a number of instances on each provider (vastai_count, ionet_count, local_count), each the best
     available offer there by your GPU preferences and the optional filters. Returns the contract ids per
-    provider and per-item errors; reports progress to MCP clients that send a progress token."""
+    provider and per-item errors; reports progress to MCP clients that send a progress token.
+    APPROVAL_REQUIRED when your approval policy holds it for the account owner (priced at the offers that
+    rank best now)."""
     wanted = {"vastai": args.vastai_count, "ionet": args.ionet_count, "local": args.local_count}
     rented: dict[str, list[str]] = {name: [] for name in wanted}
     errors: list[ItemErrorOut] = []

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StringConstraints
 
 from aiserve_mcp.core.errors import NotFound
+from aiserve_mcp.money.approvals import Quote, dollars
 from aiserve_mcp.money.guardrails import (
     MAX_WINDOW_S,
     NAMED_WINDOWS,
@@ -114,12 +115,21 @@ class RecordOutput(BaseModel):
     windows: list[dict[str, Any]]
 
 
-@tool(scope="guardrails:write", annotations=Annotations("Record spending", read_only=False, idempotent=False))
+async def _record_quote(ctx: ToolContext[MoneyPort], args: RecordInput) -> Quote:
+    return Quote(args.amount, f"Record {dollars(args.amount)} spent outside this platform")
+
+
+@tool(
+    scope="guardrails:write",
+    annotations=Annotations("Record spending", read_only=False, idempotent=False),
+    quote=_record_quote,
+)
 async def record_spending(ctx: ToolContext[MoneyPort], args: RecordInput) -> RecordOutput:
     """Record money you spent outside this platform against your spending windows. Checked and recorded
     in one atomic step for every window of your account and of this API key: if any limit would be
     exceeded nothing is recorded and the answer is SPENDING_LIMIT (402) naming each window, its limit,
-    what is spent and when it frees up. The same idempotency_key counts once."""
+    what is spent and when it frees up. The same idempotency_key counts once. APPROVAL_REQUIRED when
+    your approval policy holds the amount for the account owner's approval."""
     decision = await ctx.services.costs.guardrails.spend(
         ctx.caller(), args.amount, record=True, idempotency_key=args.idempotency_key
     )
@@ -185,7 +195,8 @@ class LimitsOutput(BaseModel):
     limits: list[Window]
 
 
-async def _scope(ctx: ToolContext[KeyBudgetPorts], api_key_id: str | None) -> str:
+async def owned_scope(ctx: ToolContext[KeyBudgetPorts], api_key_id: str | None) -> str:
+    """The caller's own scope, or with ``api_key_id`` that key's (NotFound unless it is the caller's)."""
     caller = ctx.caller()
     if api_key_id is None:
         return user_scope(caller.user_id)
@@ -198,7 +209,7 @@ async def _scope(ctx: ToolContext[KeyBudgetPorts], api_key_id: str | None) -> st
 @tool(scope="guardrails:read", annotations=Annotations("Spending limits"))
 async def get_spending_limits(ctx: ToolContext[KeyBudgetPorts], args: LimitsInput) -> LimitsOutput:
     """Your spending limits per rolling window, or the budget of one of your API keys (api_key_id)."""
-    scope = await _scope(ctx, args.api_key_id)
+    scope = await owned_scope(ctx, args.api_key_id)
     limits = await ctx.services.costs.guardrails.limits(scope)
     return LimitsOutput(
         scope="api_key" if args.api_key_id else "user", api_key_id=args.api_key_id, limits=_windows(limits)
@@ -220,7 +231,7 @@ async def set_spending_limits(ctx: ToolContext[KeyBudgetPorts], args: SetLimitsI
     """Set your limits per window, or an API key's own budget (api_key_id) so an agent gets its own
     allowance. Lowering a limit or adding a key budget needs guardrails:write; raising or removing a limit
     needs guardrails:admin (a login has it; give agents' keys only guardrails:write)."""
-    scope = await _scope(ctx, args.api_key_id)
+    scope = await owned_scope(ctx, args.api_key_id)
     limits = await ctx.services.costs.guardrails.set_limits(ctx.caller(), scope, args.limits)
     return LimitsOutput(
         scope="api_key" if args.api_key_id else "user", api_key_id=args.api_key_id, limits=_windows(limits)

@@ -19,6 +19,7 @@ from typing_extensions import TypeVar as DefaultedTypeVar
 from aiserve_mcp.core.errors import AuthRequired, Forbidden, NotFound
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.gpu.market import Progress
+from aiserve_mcp.money.approvals import Quote
 from aiserve_mcp.tools.ports import Ports
 
 
@@ -63,6 +64,7 @@ class ToolContext(Generic[Uses_co]):
     surface: Surface
     client_address: str | None = None
     progress: Progress | None = None
+    approved: str | None = None  # the approval being carried out: its call skips the approval gate
 
     def caller(self) -> Principal:
         """The authenticated caller; ``AuthRequired`` for anonymous calls."""
@@ -77,6 +79,8 @@ class ToolContext(Generic[Uses_co]):
 
 
 ToolFn = Callable[[ToolContext, Any], Awaitable[BaseModel]]
+QuoteFn = Callable[[ToolContext, Any], Awaitable[Quote | None]]
+"""What a money-moving call would cost (from its validated input), for the approval gate; None: nothing."""
 Fn = TypeVar("Fn", bound=ToolFn)
 
 
@@ -108,6 +112,7 @@ class Tool:
     annotations: Annotations
     admin_only: bool = False
     agent_visible: bool = True
+    quote: QuoteFn | None = None
 
     def authorize(self, principal: Principal | None) -> None:
         """Raise unless ``principal`` may call this tool."""
@@ -160,9 +165,10 @@ class ToolRegistry:
         annotations: Annotations,
         admin_only: bool = False,
         agent_visible: bool = True,
+        quote: QuoteFn | None = None,
     ) -> Callable[[Fn], Fn]:
         """Register the decorated function; its models come from its type hints, its description from its
-        docstring."""
+        docstring. A tool that moves money names its ``quote``, which the approval gate prices calls by."""
 
         def register(fn: Fn) -> Fn:
             hints = get_type_hints(fn)
@@ -183,6 +189,7 @@ class ToolRegistry:
                     annotations=annotations,
                     admin_only=admin_only,
                     agent_visible=agent_visible,
+                    quote=quote,
                 )
             )
             return fn

@@ -1,4 +1,5 @@
-"""Calling a tool: authorize, validate the input, run, measure. Every surface goes through ``call_tool``."""
+"""Calling a tool: authorize, validate the input, hold a money-moving call for approval when a policy
+catches it, run, measure. Every surface goes through ``call_tool``."""
 
 from __future__ import annotations
 
@@ -34,14 +35,32 @@ def parse_input(tool: Tool, arguments: Mapping[str, Any]) -> BaseModel:
         ) from None
 
 
+async def _hold_for_approval(
+    tool: Tool, arguments: Mapping[str, Any], args: BaseModel, ctx: ToolContext
+) -> None:
+    """Raise ``ApprovalRequired`` (storing the pending approval) when an approval policy of the caller
+    catches the call's quote. The quote is asked for only when some policy applies to the caller."""
+    if tool.quote is None or ctx.approved is not None:
+        return
+    approvals = ctx.services.approvals
+    principal = ctx.caller()
+    if not await approvals.watches(principal):
+        return
+    quote = await tool.quote(ctx, args)
+    if quote is not None:
+        await approvals.gate(principal, tool.name, arguments, quote)
+
+
 async def call_tool(tool: Tool, arguments: Mapping[str, Any], ctx: ToolContext) -> BaseModel:
-    """Run ``tool`` for ``ctx.principal`` with raw ``arguments``. Raises ``AiserveError`` subclasses only."""
+    """Run ``tool`` for ``ctx.principal`` with raw ``arguments``. Raises ``AiserveError`` subclasses only
+    (``ApprovalRequired`` for a call held for its owner's approval)."""
     telemetry = ctx.services.telemetry
     started = time.perf_counter()
     outcome = "ok"
     try:
         tool.authorize(ctx.principal)
         args = parse_input(tool, arguments)
+        await _hold_for_approval(tool, arguments, args, ctx)
         return await tool.fn(ctx, args)
     except AiserveError as exc:
         outcome = kind_of(exc).code

@@ -11,6 +11,7 @@ from aiserve_mcp.app import create_app
 from aiserve_mcp.core.errors import (
     ERROR_TABLE,
     AiserveError,
+    ApprovalRequired,
     InternalError,
     RateLimited,
     SpendingLimit,
@@ -19,7 +20,7 @@ from aiserve_mcp.core.errors import (
     kind_of,
 )
 from aiserve_mcp.core.settings import Settings
-from aiserve_mcp.protocols.mcp.server import refusal_result
+from aiserve_mcp.protocols.mcp.results import refusal_result
 from aiserve_mcp.tools.common import NoInput
 from aiserve_mcp.tools.registry import Annotations, Surface, Tool, ToolContext
 from aiserve_mcp.tools.runner import call_tool
@@ -45,6 +46,8 @@ def test_every_error_class_renders_the_spec_body(error_class: type[AiserveError]
         error = SpendingLimit(
             "over the daily limit", [{"window": "daily", "spent": 105.0, "limit": 100.0}], 95.0
         )
+    elif error_class is ApprovalRequired:
+        error = ApprovalRequired("needs your approval", {"approval": {"id": "apr_1", "status": "pending"}})
     else:
         error = error_class("something specific", {"field": "x"})
     body = error_body(error)

@@ -30,7 +30,7 @@ from aiserve_mcp.protocols import websocket
 from tests.conftest import LOCAL_REDIS_URL, Account, free_port, funded, serve, sign_up
 
 TIMEOUT_S = 15.0
-STREAMS_HINT = "streams: instances, spending, models, metrics"
+STREAMS_HINT = "streams: instances, spending, models, metrics, approvals"
 
 # -- the bus ----------------------------------------------------------------------------------------
 

@@ -61,6 +61,9 @@ REFUSED_WHEN_WELL_FORMED = [
     "predict",  # inputs must match the model's signature: names, dtypes and shapes
     "v2_infer",  # tensors must match the model's signature and fill their shapes
     "rent_gpu_instance",  # a prepaid provider (io.net) cannot auto-renew
+    "get_approval_policy",  # api_key_id or client_id, not both
+    "set_approval_policy",  # the same, and a threshold with mode 'above' only
+    "set_approval_webhook",  # an https URL (http for allowed hosts) whose host is at a public address
 ]
 NO_SERVER_ERROR = ["2xx", "3xx", "4xx"]
 # Documented 503s this run meets by design (no marketplace is configured, models load in the background):
