@@ -5,9 +5,10 @@ JSON-RPC is at ``/api/v1/a2a`` behind HTTP admission, for authenticated callers 
 one tool as the caller, through ``call_tool`` (the same authorization, validation and telemetry as REST
 and MCP): a data part ``{"tool": name, "arguments": {...}}`` (``skill``/``action`` and ``args``/``data``
 are accepted too) ends COMPLETED with the tool's JSON as an artifact, or FAILED with the spec's error body
-as a data part of the status message. A message without a data part is answered with the tools the caller
-may use. Progress a tool reports streams as WORKING status updates; cancelling a running task cancels the
-tool's asyncio task. Tasks are stored per owner by the task store the app passes in.
+as a data part of the status message; a call held for its owner's approval leaves the task INPUT_REQUIRED
+until a message on it decides (``approvals``). A message without a data part is answered with the tools
+the caller may use. Progress a tool reports streams as WORKING status updates; cancelling a running task
+cancels the tool's asyncio task. Tasks are stored per owner by the task store the app passes in.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from aiserve_mcp.core.errors import AiserveError, NotFound, error_body
+from aiserve_mcp.core.errors import AiserveError, ApprovalRequired, NotFound, error_body
 from aiserve_mcp.core.outages import unexpected
 from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.protocols.a2a import approvals
 from aiserve_mcp.protocols.a2a.calls import call_in
 from aiserve_mcp.protocols.a2a.card import (
     A2A_PATH,
@@ -52,6 +54,7 @@ from aiserve_mcp.protocols.a2a.card import (
     summary_of,
     tools_by_area,
 )
+from aiserve_mcp.protocols.a2a.replies import body_message, complete_with, json_safe
 from aiserve_mcp.protocols.prelude import CallerGuard, principal_of, tool_context
 from aiserve_mcp.tools.ports import Ports
 from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
@@ -62,7 +65,6 @@ CARD_PATH = "/.well-known/agent-card.json"
 CARD_PATH_V0_3 = "/.well-known/agent.json"
 SURFACE = Surface.A2A
 TOOL_CONTEXT = "aiserve.tool_context"  # the call context's state: the tool context of the HTTP request
-PREVIEW_CHARS = 500
 PRIVATE_HEADERS = frozenset({"authorization", "x-api-key", "cookie"})
 
 
@@ -97,12 +99,6 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
     def build_user(self, request: Request) -> User:
         principal = principal_of(request.scope)
         return UnauthenticatedUser() if principal is None else PrincipalUser(principal)
-
-
-def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
-    safe = json.loads(json.dumps(data, default=str))
-    assert isinstance(safe, dict)
-    return safe
 
 
 @dataclass
@@ -153,6 +149,10 @@ class ToolExecutor(AgentExecutor):
         request_context = context.call_context.state[TOOL_CONTEXT]
         assert isinstance(request_context, ToolContext)  # PrincipalContextBuilder put it there
         try:
+            question = approvals.awaited_question(context.current_task)
+            if question is not None:
+                await approvals.answer(request_context, updater, question, context.message)
+                return
             call = call_in(context.message)
             if call is None:
                 await self._describe(updater, request_context.principal)
@@ -180,17 +180,13 @@ class ToolExecutor(AgentExecutor):
                 await updater.cancel(updater.new_agent_message([Part(text=f"{tool.name} was cancelled")]))
                 return
             raise
+        except ApprovalRequired as pending:
+            await updater.requires_input(approvals.question(updater, pending))
+            return
         except AiserveError as exc:
             await updater.failed(_refusal_message(updater, exc))
             return
-        data = result.model_dump(mode="json")
-        preview = json.dumps(data, separators=(",", ":"))
-        if len(preview) > PREVIEW_CHARS:
-            preview = preview[:PREVIEW_CHARS] + "... (the data part has all of it)"
-        await updater.add_artifact(
-            [new_data_part(data), Part(text=f"{tool.name} succeeded: {preview}")], name=tool.name
-        )
-        await updater.complete()
+        await complete_with(updater, tool.name, result.model_dump(mode="json"))
 
     async def _describe(self, updater: TaskUpdater, principal: Principal | None) -> None:
         """Reply to a message without a tool call with the tools this caller may use, by area."""
@@ -229,8 +225,7 @@ class ToolExecutor(AgentExecutor):
 
 def _refusal_message(updater: TaskUpdater, error: AiserveError) -> Message:
     """The agent message that ends a refused task FAILED: the error's code and text, and its body."""
-    body = _json_safe(error_body(error))
-    return updater.new_agent_message([Part(text=f"{body['code']}: {body['error']}"), new_data_part(body)])
+    return body_message(updater, error_body(error))
 
 
 def _progress_message(updater: TaskUpdater, done: float, total: float | None, message: str | None) -> Message:
@@ -268,7 +263,7 @@ class _SafeTaskStore(TaskStore):
             raise
         except Exception as exc:
             error = unexpected(exc, "A2A task store")
-            raise A2aInternalError(error.message, _json_safe(error_body(error))) from None
+            raise A2aInternalError(error.message, json_safe(error_body(error))) from None
 
 
 def _unknown_status_filter(body: bytes) -> dict[str, Any] | None:

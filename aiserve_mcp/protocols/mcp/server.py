@@ -4,13 +4,13 @@ conformance suite's fixtures (``aiserve_mcp.dev.mcp_conformance``, a testing aid
 when ``AISERVE_MCP_CONFORMANCE_FIXTURES`` is set.
 
 Tool refusals are ``isError`` results whose text is the spec's error body (code + message an agent can act
-on), never a JSON-RPC error and never a hidden "Error executing tool".
+on), never a JSON-RPC error and never a hidden "Error executing tool". A call held for its owner's approval
+asks the way the client can (``approvals``: elicitation, input-required, or the pending approval).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
@@ -22,11 +22,13 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from aiserve_mcp import __version__
-from aiserve_mcp.core.errors import AiserveError, error_body
+from aiserve_mcp.core.errors import AiserveError, ApprovalRequired
 from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.protocols.mcp import approvals
 from aiserve_mcp.protocols.mcp.apps import McpApps, tool_meta
 from aiserve_mcp.protocols.mcp.prompts import McpPrompts
 from aiserve_mcp.protocols.mcp.resources import McpResources
+from aiserve_mcp.protocols.mcp.results import refusal_result, tool_result
 from aiserve_mcp.tools.ports import Ports
 from aiserve_mcp.tools.registry import Surface, Tool, ToolContext, ToolRegistry
 from aiserve_mcp.tools.runner import call_tool
@@ -36,7 +38,9 @@ INSTRUCTIONS = (
     "aiserve: rent GPUs across marketplaces, balance traffic over them, serve your own models, pay, and "
     "stay inside the spending limits you set. Every tool returns structured JSON. A refused call returns "
     'isError with {"error", "code", "details"}: read the code (AUTH_INVALID, VALIDATION_ERROR, NOT_FOUND, '
-    "SPENDING_LIMIT, RATE_LIMITED, ...) and the message to decide what to do next. Resources "
+    "SPENDING_LIMIT, RATE_LIMITED, ...) and the message to decide what to do next; APPROVAL_REQUIRED means "
+    "the call waits for the account owner's approval (nothing was done or spent yet): poll get_approval "
+    "with details.approval.id. Resources "
     "aiserve://instances, aiserve://models, aiserve://spending (subscribable) and aiserve://gpu/catalog are "
     "the same JSON as the read tools; prompts find_cheapest_gpu, deploy_and_test_model and review_spending "
     "walk through common workflows."
@@ -64,14 +68,6 @@ def mcp_tool(tool: Tool) -> types.Tool:
             open_world_hint=hints.open_world,
         ),
         _meta=tool_meta(tool.name),
-    )
-
-
-def refusal_result(error: AiserveError) -> types.CallToolResult:
-    """The tool result of a refused call: ``isError``, with the spec's error body as its text."""
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=json.dumps(error_body(error)))],
-        is_error=True,
     )
 
 
@@ -104,26 +100,28 @@ def build_mcp_server(
             tools=[mcp_tool(t) for t in page], next_cursor=str(offset + TOOLS_PAGE_SIZE) if more else None
         )
 
+    def tool_context(ctx: ServerRequestContext[object]) -> ToolContext:
+        return ToolContext(
+            services, principal_of(ctx), surface, address_of(ctx), progress=ctx.session.report_progress
+        )
+
     async def run_tool(
         ctx: ServerRequestContext[object], name: str, arguments: Mapping[str, Any]
     ) -> BaseModel:
-        tool = registry.for_agents(name)
-        tool_ctx = ToolContext(
-            services, principal_of(ctx), surface, address_of(ctx), progress=ctx.session.report_progress
-        )
-        return await call_tool(tool, arguments, tool_ctx)
+        return await call_tool(registry.for_agents(name), arguments, tool_context(ctx))
 
     async def call(
         ctx: ServerRequestContext[object], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         try:
+            if params.request_state is not None:  # the answer to the approval question of an earlier call
+                return await approvals.resume(tool_context(ctx), params)
             result = await run_tool(ctx, params.name, params.arguments or {})
+        except ApprovalRequired as pending:
+            return await approvals.ask(ctx, tool_context(ctx), pending)
         except AiserveError as exc:
             return refusal_result(exc)
-        data = result.model_dump(mode="json")
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=json.dumps(data))], structured_content=data
-        )
+        return tool_result(result.model_dump(mode="json"))
 
     resources = McpResources(registry, services.events, principal_of, run_tool)
     apps = McpApps(registry, principal_of, resources)
@@ -145,6 +143,7 @@ def build_mcp_server(
         on_get_prompt=prompts.get_prompt,
     )
     server.extensions[APPS_EXTENSION] = {}
+    server.middleware.append(approvals.request_state_boundary(services, principal_of))
     if services.settings.mcp_conformance_fixtures:
         fixtures = importlib.import_module("aiserve_mcp.dev.mcp_conformance")  # never loaded in production
         fixtures.install_conformance_fixtures(server)
