@@ -9,10 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from aiserve_mcp.console import gpus, overview
+from aiserve_mcp.console import approvals, gpus, overview
 from aiserve_mcp.console.web import CONSOLE, person
 
-SECTIONS: Final = {section.name: section for section in (*overview.SECTIONS, *gpus.SECTIONS)}
+SECTIONS: Final = {
+    section.name: section for section in (*overview.SECTIONS, *gpus.SECTIONS, *approvals.SECTIONS)
+}
 
 
 async def fragment(request: Request) -> Response:

@@ -8,6 +8,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from aiserve_mcp.console import (
+    approvals,
     connections,
     consent,
     credits,
@@ -34,5 +35,6 @@ def console_routes() -> list[BaseRoute]:
         *sandbox_checkout.routes,
         *consent.routes,
         *connections.routes,
+        *approvals.routes,
         Mount(f"{CONSOLE}/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ]
