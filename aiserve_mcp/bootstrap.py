@@ -29,6 +29,8 @@ from aiserve_mcp.gpu.providers.base import Provider
 from aiserve_mcp.gpu.providers.ionet import IoNetProvider
 from aiserve_mcp.gpu.providers.local import LocalProvider
 from aiserve_mcp.gpu.providers.vastai import VastAiProvider
+from aiserve_mcp.money.approval_webhooks import ApprovalWebhookStore
+from aiserve_mcp.money.approvals import ApprovalService
 from aiserve_mcp.money.costs import CostGate
 from aiserve_mcp.money.guardrails import Guardrails
 from aiserve_mcp.money.ledger import Ledger
@@ -46,6 +48,7 @@ from aiserve_mcp.serving.upload_links import UploadLinkStore
 from aiserve_mcp.storage.database import Database
 from aiserve_mcp.storage.migrate import upgrade
 from aiserve_mcp.tools.upload_links import public_base_url
+from aiserve_mcp.traffic.approval_webhooks import ApprovalWebhooks
 from aiserve_mcp.traffic.balancer import Balancer, LoadStore, MemoryLoadStore, RedisLoadStore
 from aiserve_mcp.traffic.documents import DocumentFetcher
 from aiserve_mcp.traffic.egress import isolated_client
@@ -78,6 +81,8 @@ class Services:
     payments: PaymentGateway | None
     outbound: httpx.AsyncClient
     proxy_client: httpx.AsyncClient
+    approval_webhooks: ApprovalWebhooks
+    approvals: ApprovalService
     started_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -156,6 +161,13 @@ class Services:
             timeout_s=5.0,
             max_bytes=64 * 1024,
         )
+        approval_webhooks = ApprovalWebhooks(
+            ApprovalWebhookStore(db),
+            isolated_client(),
+            settings.approval_webhook_allowed_hosts,
+            timeout_s=settings.approval_webhook_timeout_s,
+            attempts=settings.approval_webhook_attempts,
+        )
         return cls(
             settings=settings,
             db=db,
@@ -196,6 +208,13 @@ class Services:
             payments=_payments(settings),
             outbound=outbound,
             proxy_client=proxy_client,
+            approval_webhooks=approval_webhooks,
+            approvals=ApprovalService(
+                db,
+                approval_webhooks.tap(events),
+                ttl_s=settings.approval_ttl_s,
+                base_url=public_base_url(settings),
+            ),
         )
 
     async def migrate(self) -> None:
@@ -225,6 +244,7 @@ class Services:
         await self.proxy_client.aclose()
         await self.model_fetcher.aclose()
         await self.client_documents.aclose()
+        await self.approval_webhooks.aclose()
         if self.payments is not None:
             await self.payments.aclose()
         if self.redis is not None:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 import httpx2
-from mcp import Client
+from mcp import Client, types
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -57,3 +57,15 @@ async def mcp_client(
         Client(streamable_http_client(url + path, http_client=session), mode=mode, **options) as client,
     ):
         yield client
+
+
+async def all_tools(client: Client) -> list[types.Tool]:
+    """Every tool the server lists to ``client``, following ``nextCursor`` through the pages."""
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    while True:
+        page = await client.list_tools(cursor=cursor)
+        tools += page.tools
+        cursor = page.next_cursor
+        if cursor is None:
+            return tools

@@ -26,7 +26,7 @@ from aiserve_mcp.app import create_app
 from aiserve_mcp.cli import build_parser
 from aiserve_mcp.core.settings import Settings
 from tests.conftest import serve, sign_up
-from tests.mcp_clients import mcp_client
+from tests.mcp_clients import all_tools, mcp_client
 
 SNAPSHOT = Path(__file__).with_name("surface.json")
 SERVER = "http://SERVER"
@@ -60,7 +60,7 @@ async def _served(url: str) -> dict[str, Any]:
         card = (await http.get("/.well-known/agent-card.json")).json()
     async with mcp_client(url, account.access_token) as mcp:
         mcp_surface = {
-            "tools": _dump((await mcp.list_tools()).tools),
+            "tools": _dump(await all_tools(mcp)),
             "prompts": _dump((await mcp.list_prompts()).prompts),
             "resources": _dump((await mcp.list_resources()).resources),
             "resource_templates": _dump((await mcp.list_resource_templates()).resource_templates),

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
             "monthly": Decimal(5000),
         }
     )
+    approval_ttl_s: float = Field(default=3600.0, gt=0)
     stripe_api_key: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -83,6 +84,9 @@ class Settings(BaseSettings):
     oauth_access_token_ttl_s: int = Field(default=3600, gt=0)
     oauth_client_fetch_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     oauth_client_fetch_ca_file: Path | None = None
+    approval_webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    approval_webhook_timeout_s: float = Field(default=5.0, gt=0)
+    approval_webhook_attempts: int = Field(default=3, ge=1, le=10)
     lb_eject_after: int = Field(default=3, ge=1)
     lb_eject_for_s: float = Field(default=30.0, gt=0)
     events_metrics_interval_s: float = Field(default=5.0, gt=0)
@@ -93,6 +97,7 @@ class Settings(BaseSettings):
         "allowed_origins",
         "model_fetch_allowed_hosts",
         "oauth_client_fetch_allowed_hosts",
+        "approval_webhook_allowed_hosts",
         mode="before",
     )(_split_csv)
 

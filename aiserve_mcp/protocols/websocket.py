@@ -62,6 +62,7 @@ STREAM_SCOPES: Final[dict[str, str | None]] = {
     "instances": "gpu:read",
     "spending": "guardrails:read",
     "models": "models:read",
+    "approvals": "guardrails:read",
     "metrics": None,  # like /stats: public
 }
 HELP: Final = (

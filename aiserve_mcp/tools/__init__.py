@@ -2,6 +2,8 @@
 
 from aiserve_mcp.tools import (
     account,
+    approval_webhooks,
+    approvals,
     auth,
     billing,
     checkout,
@@ -24,6 +26,8 @@ __all__ = [
     "ToolContext",
     "ToolRegistry",
     "account",
+    "approval_webhooks",
+    "approvals",
     "auth",
     "billing",
     "checkout",

@@ -22,6 +22,7 @@ from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.core.telemetry import Telemetry
 from aiserve_mcp.gpu.market import GpuMarket
 from aiserve_mcp.gpu.preferences import GpuPreferenceStore
+from aiserve_mcp.money.approvals import ApprovalService
 from aiserve_mcp.money.costs import CostGate
 from aiserve_mcp.money.payments.base import PaymentGateway
 from aiserve_mcp.serving.fetch import ModelFetcher
@@ -29,6 +30,7 @@ from aiserve_mcp.serving.host import ModelHost
 from aiserve_mcp.serving.store import ModelStore
 from aiserve_mcp.serving.upload_links import UploadLinkStore
 from aiserve_mcp.storage.database import Database
+from aiserve_mcp.traffic.approval_webhooks import ApprovalWebhooks
 from aiserve_mcp.traffic.service import Traffic
 
 
@@ -124,7 +126,32 @@ class CheckoutPorts(MoneyPort, Protocol):
     def settings(self) -> Settings: ...
 
 
-class Ports(AccountsPort, GpuPort, TrafficPort, MoneyPort, ServingPort, SystemPort, OAuthPort, Protocol):
+class ApprovalsPort(Protocol):
+    """Approval policies, and the approvals waiting for (or carried out after) their owner's decision."""
+
+    @property
+    def approvals(self) -> ApprovalService: ...
+
+
+class ApprovalWebhooksPort(Protocol):
+    """Each user's approval webhook: where their new approvals are POSTed."""
+
+    @property
+    def approval_webhooks(self) -> ApprovalWebhooks: ...
+
+
+class Ports(
+    AccountsPort,
+    GpuPort,
+    TrafficPort,
+    MoneyPort,
+    ServingPort,
+    SystemPort,
+    OAuthPort,
+    ApprovalsPort,
+    ApprovalWebhooksPort,
+    Protocol,
+):
     """Everything a surface offers its tools, read-only: every narrow port, and the event bus the
     adapters stream from."""
 

@@ -14,7 +14,7 @@ from mcp import Client, StdioServerParameters
 
 from aiserve_mcp.protocols.mcp.http import MCP_PATH
 from tests.conftest import Account, LiveServer, api_key, sign_up
-from tests.mcp_clients import TRANSPORTS, Transport, mcp_client
+from tests.mcp_clients import TRANSPORTS, Transport, all_tools, mcp_client
 
 
 @pytest.fixture
@@ -32,14 +32,14 @@ async def test_each_transport_negotiates_its_version_and_lists_tools(
             assert client.protocol_version == "2026-07-28"
         else:
             assert client.protocol_version == "2025-11-25"
-        listed = await client.list_tools()
-        names = {t.name for t in listed.tools}
+        listed = await all_tools(client)
+        names = {t.name for t in listed}
         assert {"whoami", "create_api_key", "export_account", "system_health"} <= names
         assert "auth_login" not in names  # REST-only: an MCP caller is already authenticated
-        whoami = next(t for t in listed.tools if t.name == "whoami")
+        whoami = next(t for t in listed if t.name == "whoami")
         assert whoami.output_schema is not None and "user" in whoami.output_schema["properties"]
         assert whoami.annotations is not None and whoami.annotations.read_only_hint is True
-        revoke = next(t for t in listed.tools if t.name == "revoke_api_key")
+        revoke = next(t for t in listed if t.name == "revoke_api_key")
         assert revoke.annotations is not None and revoke.annotations.destructive_hint is True
 
 
@@ -47,7 +47,7 @@ async def test_api_key_scopes_filter_the_tool_list(live_server: LiveServer, live
     async with httpx.AsyncClient(base_url=live_server.url) as http:
         key = await api_key(http, live_account, scopes=["system:read"])
     async with mcp_client(live_server.url, key) as client:
-        names = {t.name for t in (await client.list_tools()).tools}
+        names = {t.name for t in await all_tools(client)}
         assert "system_stats" in names
         assert "export_account" not in names and "create_api_key" not in names
 
@@ -63,7 +63,7 @@ async def test_bare_json_rpc_post_as_in_the_spec(live_server: LiveServer, live_a
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("application/json")
         body = response.json()
-        assert body["id"] == 1 and any(t["name"] == "whoami" for t in body["result"]["tools"])
+        assert body["id"] == 1 and any(t["name"] == "export_account" for t in body["result"]["tools"])
 
         call = await http.post(
             MCP_PATH,
@@ -103,7 +103,7 @@ async def test_stdio_server_for_claude_desktop(
     env: dict[str, Any] = {**server_env, "AISERVE_API_KEY": key}
     params = StdioServerParameters(command=sys.executable, args=["-m", "aiserve_mcp", "mcp"], env=env)
     async with Client(params) as client:
-        names = {t.name for t in (await client.list_tools()).tools}
+        names = {t.name for t in await all_tools(client)}
         assert "whoami" in names
         result = await client.call_tool("whoami", {})
         assert result.structured_content is not None

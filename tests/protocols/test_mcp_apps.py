@@ -16,7 +16,7 @@ from playwright.async_api import BrowserContext, Page
 
 from tests.conftest import LiveServer, api_key, sign_up
 from tests.console.browser import screenshot
-from tests.mcp_clients import TRANSPORTS, Transport, mcp_client
+from tests.mcp_clients import TRANSPORTS, Transport, all_tools, mcp_client
 
 VIEWS = {"search_gpu_offers": "ui://aiserve/offers", "get_spending": "ui://aiserve/spending"}
 NO_OUTSIDE_ORIGIN: dict[str, list[str]] = {"connectDomains": [], "resourceDomains": [], "frameDomains": []}
@@ -26,17 +26,6 @@ NO_OUTSIDE_ORIGIN: dict[str, list[str]] = {"connectDomains": [], "resourceDomain
 async def http(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
         yield client
-
-
-async def all_tools(client: Client) -> list[types.Tool]:
-    tools: list[types.Tool] = []
-    cursor: str | None = None
-    while True:
-        page = await client.list_tools(cursor=cursor)
-        tools += page.tools
-        if page.next_cursor is None:
-            return tools
-        cursor = page.next_cursor
 
 
 async def read_view(client: Client, uri: str) -> types.TextResourceContents:

@@ -33,7 +33,7 @@ from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.common import NoInput
 from aiserve_mcp.tools.registry import Annotations, Surface, Tool, ToolContext, ToolRegistry
 from tests.conftest import Account, LiveServer, api_key, serve, sign_up
-from tests.mcp_clients import TRANSPORTS, Transport, mcp_client
+from tests.mcp_clients import TRANSPORTS, Transport, all_tools, mcp_client
 from tests.serving.test_models import mlp_bytes, upload
 
 MODERN_NOT_FOUND = -32602
@@ -145,7 +145,7 @@ async def test_a_key_sees_only_what_its_scopes_allow(
         assert [r.uri for r in (await client.list_resources()).resources] == ["aiserve://models"]
         templates = (await client.list_resource_templates()).resource_templates
         assert [t.uri_template for t in templates] == ["aiserve://models/{model_id}"]
-        tools = {t.name for t in (await client.list_tools()).tools}
+        tools = {t.name for t in await all_tools(client)}
         assert {"list_models", "get_model", "predict", "list_model_formats"} <= tools
         assert all(REGISTRY.get(name).scope in (None, "models:read") for name in tools)
         assert (await client.list_prompts()).prompts == []  # deploying a model uploads it: models:write
@@ -453,7 +453,7 @@ async def test_conformance_fixtures_are_absent_by_default(
 ) -> None:
     owner = await sign_up(http)
     async with mcp_client(live_server.url, owner.access_token, "streamable-legacy") as client:
-        tools = {t.name for t in (await client.list_tools()).tools}
+        tools = {t.name for t in await all_tools(client)}
         assert not tools & set(mcp_conformance.TOOLS)
         assert not [r for r in (await client.list_resources()).resources if r.uri.startswith("test://")]
         templates = (await client.list_resource_templates()).resource_templates
@@ -480,7 +480,7 @@ async def test_conformance_fixtures_when_enabled(transport: Transport, settings:
             reported.append(progress)
 
         async with mcp_client(url, owner.access_token, transport) as client:
-            tools = {t.name for t in (await client.list_tools()).tools}
+            tools = {t.name for t in await all_tools(client)}
             assert set(mcp_conformance.TOOLS) <= tools and "whoami" in tools
             text = await client.call_tool("test_simple_text", {})
             assert text.content == [
