@@ -34,7 +34,7 @@ from aiserve_mcp.console.web import (
     secured,
     see_other,
 )
-from aiserve_mcp.core.errors import AiserveError, kind_of
+from aiserve_mcp.core.errors import AiserveError, ApprovalRequired, kind_of
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.gpu.market import MAX_DURATION_HOURS
 from aiserve_mcp.tools.gpu_instances import (
@@ -190,6 +190,8 @@ async def _acted(
     back = dict(parse_qsl(form_text(form, "back")))
     try:
         done = await act(request, principal, tool, arguments)
+    except ApprovalRequired as held:  # the account's policy holds it: the person decides on its page
+        return secured(see_other(f"{CONSOLE}/approvals/{held.approval_id}"))
     except AiserveError as exc:
         return await _page(request, principal, back, error=exc.message, status=kind_of(exc).http_status)
     assert isinstance(done, ContractOut | DestroyOutput)

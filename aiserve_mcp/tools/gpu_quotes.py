@@ -19,7 +19,8 @@ Wanted = Sequence[tuple[Sequence[str] | None, int]]
 
 
 def _offer_text(offer: Offer) -> str:
-    return f"{offer.num_gpus}x {offer.gpu_model} on {offer.provider} at {dollars(offer.price_per_hour)}/h"
+    count = f"{offer.num_gpus}x " if offer.num_gpus else ""  # a CPU worker has no GPU to count
+    return f"{count}{offer.gpu_model} on {offer.provider} at {dollars(offer.price_per_hour)}/h"
 
 
 def _count(n: int, thing: str) -> str:

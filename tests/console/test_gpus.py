@@ -83,6 +83,28 @@ async def test_searching_renting_and_destroying_through_the_forms(live_server: L
         assert await contract_status(http, owner, contract_id) == "destroyed"
 
 
+async def test_a_rent_the_accounts_policy_holds_goes_to_its_approval_page(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
+        owner = await funded(http)
+        policy = await http.put(
+            "/api/v1/guardrails/approvals/policy", json={"mode": "always"}, headers=owner.headers
+        )
+        assert policy.status_code == 200, policy.text
+        await console_sign_in(http, owner.email)
+        page = await http.get("/console/gpus", params={"provider": "local"})
+        held = await http.post("/console/gpus/rent", data=rent_form(page, "local:cpu0"))
+        assert held.status_code == 303, held.text
+        approval_id = held.headers["location"].rsplit("/", 1)[1]
+        assert held.headers["location"] == f"/console/approvals/{approval_id}"
+        approval = await http.get(f"/api/v1/approvals/{approval_id}", headers=owner.headers)
+        assert approval.json()["status"] == "pending" and approval.json()["action"] == "rent_gpu_instance"
+        assert approval.json()["description"].startswith("Rent CPU (")  # a CPU worker: no GPU count
+        contracts = await http.get("/api/v1/gpu/contracts", headers=owner.headers)
+        assert contracts.json()["count"] == 0  # nothing is rented while it waits
+        shown = await http.get(held.headers["location"])
+        assert shown.status_code == 200 and "Approve" in shown.text
+
+
 async def test_a_form_without_the_csrf_token_rents_and_destroys_nothing(live_server: LiveServer) -> None:
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
         owner = await funded(http)
