@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     api_key: SecretStr | None = None
     mcp_conformance_fixtures: bool = False
+    mcp_stateless: bool = False
     vastai_url: str = "https://console.vast.ai"
     vastai_api_key: SecretStr | None = None
     ionet_url: str = "https://api.io.solutions"

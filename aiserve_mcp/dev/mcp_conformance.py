@@ -5,16 +5,17 @@ part of the platform).
 They reproduce the suite's reference "everything server": tools ``test_simple_text``,
 ``test_image_content``, ``test_audio_content``, ``test_embedded_resource``,
 ``test_multiple_content_types``, ``test_tool_with_logging``, ``test_tool_with_progress``,
-``test_error_handling`` and ``test_missing_capability``; resources ``test://static-text``,
+``test_error_handling``, ``test_missing_capability``, and the ones that ask the client mid-call,
+``test_sampling``, ``test_elicitation``, ``test_elicitation_sep1034_defaults`` and
+``test_elicitation_sep1330_enums`` (they need a channel for server requests: a Streamable HTTP session,
+legacy SSE or stdio; elsewhere they answer that the client cannot be asked); resources ``test://static-text``,
 ``test://static-binary``, ``test://watched-resource`` (subscribable, never updated) and the template
 ``test://template/{id}/data``; prompts ``test_simple_prompt``, ``test_prompt_with_arguments``,
 ``test_prompt_with_embedded_resource`` and ``test_prompt_with_image``; ``logging/setLevel``; and an empty
 ``completion/complete``. Each wraps the product handler of its method, so product names keep working.
 
-Not served: ``test_sampling``, ``test_elicitation`` and the other elicitation fixtures, because the suite
-reaches the server over the stateless Streamable HTTP endpoint, which cannot carry a server-to-client
-request; the 2026-07-28 input-required (MRTR) fixtures, since no product tool asks for input mid-call;
-``test_reconnection`` (no SSE resumption); ``json_schema_2020_12_tool``.
+Not served: the 2026-07-28 input-required (MRTR) fixtures; ``test_reconnection`` (no SSE resumption);
+``json_schema_2020_12_tool``.
 """
 
 from __future__ import annotations
@@ -119,6 +120,91 @@ async def _missing_capability(ctx: Context, args: dict[str, Any]) -> types.CallT
     return types.CallToolResult(content=[_text("Success")])
 
 
+def _string(description: str, **more: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **more}
+
+
+def _choices(values: str, titles: str) -> list[dict[str, str]]:
+    return [
+        {"const": f"{values}{i}", "title": f"{t} {titles}"}
+        for i, t in enumerate(("First", "Second", "Third"), 1)
+    ]
+
+
+def _form(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required or []}
+
+
+ELICITATION_FORM: Final = _form({"response": _string("User's response")}, required=["response"])
+DEFAULTS_FORM: Final = _form(
+    {
+        "name": _string("User name", default="John Doe"),
+        "age": {"type": "integer", "description": "User age", "default": 30},
+        "score": {"type": "number", "description": "User score", "default": 95.5},
+        "status": _string("User status", enum=["active", "inactive", "pending"], default="active"),
+        "verified": {"type": "boolean", "description": "Verification status", "default": True},
+    }
+)
+OPTIONS: Final = ["option1", "option2", "option3"]
+ENUMS_FORM: Final = _form(
+    {
+        "untitledSingle": _string("Select one option", enum=OPTIONS),
+        "titledSingle": _string("Select one option with titles", oneOf=_choices("value", "Option")),
+        "legacyEnum": _string(
+            "Select one option (legacy)",
+            enum=["opt1", "opt2", "opt3"],
+            enumNames=["Option One", "Option Two", "Option Three"],
+        ),
+        "untitledMulti": {
+            "type": "array",
+            "description": "Select multiple options",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"type": "string", "enum": OPTIONS},
+        },
+        "titledMulti": {
+            "type": "array",
+            "description": "Select multiple options with titles",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"anyOf": _choices("value", "Choice")},
+        },
+    }
+)
+
+
+async def _sampling(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+    prompt = _text(str(args.get("prompt", "")))
+    try:
+        sampled = await ctx.session.create_message(
+            [types.SamplingMessage(role="user", content=prompt)],
+            max_tokens=100,
+            related_request_id=ctx.request_id,
+        )
+    except MCPError as exc:
+        return types.CallToolResult(content=[_text(f"Sampling not supported or error: {exc}")])
+    answer = sampled.content.text if isinstance(sampled.content, types.TextContent) else "No response"
+    return types.CallToolResult(content=[_text(f"LLM response: {answer}")])
+
+
+def _eliciting(
+    reply: str, message: str | None, schema: dict[str, Any]
+) -> Callable[[Context, dict[str, Any]], Awaitable[types.CallToolResult]]:
+    """A fixture that asks ``message`` (None: the call's ``message`` argument) with the form ``schema`` and
+    answers ``<reply>: action=..., content={...}``."""
+
+    async def elicit(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+        asked = message if message is not None else str(args.get("message", ""))
+        try:
+            answer = await ctx.session.elicit_form(asked, schema, ctx.request_id)
+        except MCPError as exc:
+            return types.CallToolResult(content=[_text(f"Elicitation not supported or error: {exc}")])
+        content = json.dumps(answer.content or {}, separators=(",", ":"))
+        return types.CallToolResult(content=[_text(f"{reply}: action={answer.action}, content={content}")])
+
+    return elicit
+
+
 @dataclass(frozen=True)
 class FixtureTool:
     description: str
@@ -142,6 +228,26 @@ TOOLS: Final = {
     "test_missing_capability": FixtureTool(
         "Requires the client's sampling capability: refused with -32021 when it is not declared",
         _missing_capability,
+    ),
+    "test_sampling": FixtureTool(
+        "Tests server-initiated sampling (LLM completion request)",
+        _sampling,
+        _form({"prompt": _string("The prompt to send to the LLM")}, required=["prompt"]),
+    ),
+    "test_elicitation": FixtureTool(
+        "Tests server-initiated elicitation (user input request)",
+        _eliciting("User response", None, ELICITATION_FORM),
+        _form({"message": _string("The message to show the user")}, required=["message"]),
+    ),
+    "test_elicitation_sep1034_defaults": FixtureTool(
+        "Tests elicitation with default values per SEP-1034",
+        _eliciting(
+            "Elicitation completed", "Please review and update the form fields with defaults", DEFAULTS_FORM
+        ),
+    ),
+    "test_elicitation_sep1330_enums": FixtureTool(
+        "Tests elicitation with enum schema improvements per SEP-1330",
+        _eliciting("Elicitation completed", "Please select options from the enum fields", ENUMS_FORM),
     ),
 }
 

@@ -1,6 +1,7 @@
 """Approvals asked the MCP way, with the official SDK client against a served app and a local vast.ai: form
-elicitation on 2025-11-25 over legacy SSE and stdio (approve, deny, decline), URL elicitation, clients
-that cannot be asked (isError APPROVAL_REQUIRED), and the 2026-07-28 input-required round trip, through
+elicitation on 2025-11-25 over sessionful Streamable HTTP, legacy SSE and stdio (approve, deny, decline),
+URL elicitation, clients that cannot be asked (isError APPROVAL_REQUIRED, also on Streamable HTTP with
+``AISERVE_MCP_STATELESS``), and the 2026-07-28 input-required round trip, through
 the SDK client and as raw JSON-RPC (a tampered, moved or foreign requestState is refused; answering twice
 rents once)."""
 
@@ -110,11 +111,15 @@ def assert_asked(asked: list[ElicitRequestParams]) -> None:
 ANSWERS = [("accept", "approve"), ("accept", "deny"), ("decline", None), ("cancel", None)]
 
 
+@pytest.mark.parametrize("transport", ["streamable-legacy", "sse-legacy"])
 @pytest.mark.parametrize(("action", "decision"), ANSWERS)
-async def test_form_elicitation_over_legacy_sse(market: Market, action: Action, decision: str | None) -> None:
+async def test_form_elicitation_over_a_session(
+    market: Market, transport: Transport, action: Action, decision: str | None
+) -> None:
+    """Streamable HTTP (a session, which 2025-11-25 clients get by default) and legacy SSE."""
     asked: list[ElicitRequestParams] = []
     callback = answering(asked, action, decision)
-    async with mcp_client(market.url, market.key, "sse-legacy", elicitation_callback=callback) as client:
+    async with mcp_client(market.url, market.key, transport, elicitation_callback=callback) as client:
         result = await client.call_tool("rent_gpu_instance", RENT)
     assert_asked(asked)
     [approval] = await market.approvals()
@@ -164,20 +169,8 @@ async def test_form_elicitation_over_stdio(
         assert approval["status"] == "denied" and market.rentals == 0
 
 
-@pytest.mark.parametrize(
-    ("transport", "asks"),
-    [
-        ("sse-legacy", False),
-        ("streamable-legacy", False),
-        ("streamable-legacy", True),
-        ("streamable-modern", False),
-    ],
-)
-async def test_a_client_that_cannot_be_asked_gets_the_pending_approval(
-    market: Market, transport: Transport, asks: bool
-) -> None:
-    """No elicitation declared (in either era), or no channel for it (stateless Streamable HTTP on
-    2025-11-25): the call answers APPROVAL_REQUIRED, and the agent polls get_approval while the owner
+async def assert_pending_until_decided(market: Market, transport: Transport, asks: bool) -> None:
+    """The call answers APPROVAL_REQUIRED without asking, and the agent polls get_approval while the owner
     decides."""
     asked: list[ElicitRequestParams] = []
     callback = answering(asked, "accept", "approve") if asks else None
@@ -197,6 +190,21 @@ async def test_a_client_that_cannot_be_asked_gets_the_pending_approval(
         polled = await client.call_tool("get_approval", {"approval_id": approval["id"]})
     assert polled.structured_content is not None and polled.structured_content["status"] == "executed"
     assert market.rentals == 1
+
+
+@pytest.mark.parametrize("transport", ["sse-legacy", "streamable-legacy", "streamable-modern"])
+async def test_a_client_that_cannot_be_asked_gets_the_pending_approval(
+    market: Market, transport: Transport
+) -> None:
+    """No elicitation declared, in either era."""
+    await assert_pending_until_decided(market, transport, asks=False)
+
+
+async def test_stateless_streamable_http_cannot_ask(settings: Settings) -> None:
+    """With ``AISERVE_MCP_STATELESS`` a 2025-11-25 client gets no session, so there is no channel for the
+    question even though it declared elicitation."""
+    async with market_with_approvals(settings.model_copy(update={"mcp_stateless": True})) as market:
+        await assert_pending_until_decided(market, "streamable-legacy", asks=True)
 
 
 @pytest.fixture
