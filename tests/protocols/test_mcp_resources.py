@@ -248,6 +248,7 @@ class Updates:
 async def test_legacy_subscriptions_send_updates_from_the_event_bus(
     live_server: LiveServer, http: httpx.AsyncClient
 ) -> None:
+    """Over legacy SSE; a Streamable HTTP session is in ``test_a_session_sends_updates``."""
     owner, other = await sign_up(http), await sign_up(http)
     updates = Updates()
     async with mcp_client(
@@ -314,14 +315,31 @@ async def test_listen_streams_updates_on_the_stateless_endpoint(
 @pytest.mark.filterwarnings(
     "ignore:resources/(un)?subscribe is removed:mcp.shared.exceptions.MCPDeprecationWarning"
 )
-async def test_subscribe_is_refused_where_nothing_can_be_pushed(
-    live_server: LiveServer, http: httpx.AsyncClient
-) -> None:
+async def test_subscribe_is_refused_where_nothing_can_be_pushed(settings: Settings) -> None:
+    """With ``AISERVE_MCP_STATELESS`` a 2025-11-25 Streamable HTTP client has no session to push on."""
+    async with serve(create_app(settings.model_copy(update={"mcp_stateless": True}))) as url:
+        async with httpx.AsyncClient(base_url=url) as plain:
+            owner = await sign_up(plain)
+        async with mcp_client(url, owner.access_token, "streamable-legacy") as client:
+            with pytest.raises(MCPError) as refused:
+                await client.subscribe_resource("aiserve://instances")
+    assert refused.value.code == types.INVALID_REQUEST and "subscriptions/listen" in refused.value.message
+
+
+@pytest.mark.filterwarnings(
+    "ignore:resources/(un)?subscribe is removed:mcp.shared.exceptions.MCPDeprecationWarning"
+)
+async def test_a_session_sends_updates(live_server: LiveServer, http: httpx.AsyncClient) -> None:
+    """A 2025-11-25 Streamable HTTP client's session carries the updates (on its GET stream)."""
     owner = await sign_up(http)
-    async with mcp_client(live_server.url, owner.access_token, "streamable-legacy") as client:
-        with pytest.raises(MCPError) as refused:
-            await client.subscribe_resource("aiserve://instances")
-        assert refused.value.code == types.INVALID_REQUEST and "subscriptions/listen" in refused.value.message
+    updates = Updates()
+    async with mcp_client(
+        live_server.url, owner.access_token, "streamable-legacy", message_handler=updates
+    ) as client:
+        await client.subscribe_resource("aiserve://spending")
+        spent = await client.call_tool("record_spending", {"amount": 1.5})
+        assert spent.is_error is not True, spent.content
+        await updates.until("aiserve://spending")
 
 
 @dataclass

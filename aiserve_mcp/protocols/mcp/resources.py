@@ -8,8 +8,8 @@ that is not the caller's, is the spec's resource-not-found error.
 Instances, models and spending (and their items) can be watched: the server sends
 ``notifications/resources/updated`` for a watched URI when the event bus delivers an event of its stream
 for the caller. Protocol 2025-11-25 watches with ``resources/subscribe``, which needs a connection the
-server can push on (legacy SSE, stdio); 2026-07-28 watches with ``subscriptions/listen``, whose response
-stream carries the updates (stateless Streamable HTTP, stdio).
+server can push on (a Streamable HTTP session, legacy SSE, stdio); 2026-07-28 watches with
+``subscriptions/listen``, whose response stream carries the updates (stateless Streamable HTTP, stdio).
 """
 
 from __future__ import annotations
@@ -289,8 +289,9 @@ class McpResources:
         if not connection.has_standalone_channel:
             raise MCPError(
                 types.INVALID_REQUEST,
-                "resources/subscribe needs a connection the server can send notifications on: legacy SSE "
-                "(/api/v1/mcp/sse) or stdio; this stateless Streamable HTTP request has none. On protocol "
+                "resources/subscribe needs a connection the server can send notifications on: a Streamable "
+                "HTTP session (initialize first), legacy SSE (/api/v1/mcp/sse) or stdio; this stateless "
+                "Streamable HTTP request has none. On protocol "
                 "2026-07-28 use subscriptions/listen.",
             )
         principal = self._caller(ctx)
