@@ -14,7 +14,8 @@ legacy SSE or stdio; elsewhere they answer that the client cannot be asked); res
 ``test_prompt_with_embedded_resource`` and ``test_prompt_with_image``; ``logging/setLevel``; and an empty
 ``completion/complete``. Each wraps the product handler of its method, so product names keep working.
 
-Not served: the 2026-07-28 input-required (MRTR) fixtures; ``test_reconnection`` (no SSE resumption);
+The 2026-07-28 input-required (MRTR) fixtures are in ``mcp_conformance_rounds``. Not served:
+``test_reconnection`` (no SSE resumption);
 ``json_schema_2020_12_tool``.
 """
 
@@ -30,6 +31,8 @@ from mcp import types
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
+from aiserve_mcp.dev.mcp_conformance_rounds import PROMPT, PROMPT_SPEC, ROUND_TOOLS, round_prompt
+
 Context = ServerRequestContext[object]
 
 PNG: Final = (  # 1x1 red pixel
@@ -39,6 +42,7 @@ WAV: Final = "UklGRiYAAABXQVZFZm10IBAAAAABAAEAQB8AAAB9AAACABAAZGF0YQIAAAA="
 STEP_S: Final = 0.05
 TEMPLATE: Final = "test://template/{id}/data"
 WATCHED: Final = "test://watched-resource"
+NO_ARGUMENTS: Final = {"type": "object", "properties": {}}
 
 
 def _text(text: str) -> types.TextContent:
@@ -209,7 +213,7 @@ def _eliciting(
 class FixtureTool:
     description: str
     run: Callable[[Context, dict[str, Any]], Awaitable[types.CallToolResult]]
-    input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    input_schema: dict[str, Any] = field(default_factory=lambda: dict(NO_ARGUMENTS))
 
 
 TOOLS: Final = {
@@ -382,14 +386,22 @@ def install_conformance_fixtures(server: Server[object]) -> None:
                 types.Tool(name=name, description=t.description, input_schema=t.input_schema)
                 for name, t in TOOLS.items()
             ]
+            result.tools += [
+                types.Tool(name=name, description=t.description, input_schema=NO_ARGUMENTS)
+                for name, t in ROUND_TOOLS.items()
+            ]
         return result
 
-    async def call(ctx: Context, params: types.CallToolRequestParams) -> types.CallToolResult:
-        fixture = TOOLS.get(params.name)
-        if fixture is None:
-            result: types.CallToolResult = await call_tool(ctx, params)
-            return result
-        return await fixture.run(ctx, params.arguments or {})
+    async def call(
+        ctx: Context, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        fixture, rounds = TOOLS.get(params.name), ROUND_TOOLS.get(params.name)
+        if fixture is not None:
+            return await fixture.run(ctx, params.arguments or {})
+        if rounds is not None:
+            return await rounds(ctx, params)
+        result: types.CallToolResult | types.InputRequiredResult = await call_tool(ctx, params)
+        return result
 
     async def resources(ctx: Context, params: types.PaginatedRequestParams) -> types.ListResourcesResult:
         result: types.ListResourcesResult = await list_resources(ctx, params)
@@ -424,10 +436,14 @@ def install_conformance_fixtures(server: Server[object]) -> None:
 
     async def prompts(ctx: Context, params: types.PaginatedRequestParams) -> types.ListPromptsResult:
         result: types.ListPromptsResult = await list_prompts(ctx, params)
-        result.prompts += PROMPTS
+        result.prompts += [*PROMPTS, PROMPT_SPEC]
         return result
 
-    async def prompt(ctx: Context, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def prompt(
+        ctx: Context, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        if params.name == PROMPT:
+            return round_prompt(params)
         fixture = _prompt(params.name, params.arguments or {})
         if fixture is None:
             result: types.GetPromptResult = await get_prompt(ctx, params)
