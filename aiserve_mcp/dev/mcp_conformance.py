@@ -14,7 +14,8 @@ legacy SSE or stdio; elsewhere they answer that the client cannot be asked); res
 ``test_prompt_with_embedded_resource`` and ``test_prompt_with_image``; ``logging/setLevel``; and an empty
 ``completion/complete``. Each wraps the product handler of its method, so product names keep working.
 
-The 2026-07-28 input-required (MRTR) fixtures are in ``mcp_conformance_rounds``. Not served:
+Those that ask the client, and the 2026-07-28 input-required (MRTR) fixtures, are in
+``mcp_conformance_asking``. Not served:
 ``test_reconnection`` (no SSE resumption);
 ``json_schema_2020_12_tool``.
 """
@@ -31,7 +32,19 @@ from mcp import types
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
-from aiserve_mcp.dev.mcp_conformance_rounds import PROMPT, PROMPT_SPEC, ROUND_TOOLS, round_prompt
+from aiserve_mcp.dev.mcp_conformance_asking import (
+    DEFAULTS_FORM,
+    ELICITATION_FORM,
+    ENUMS_FORM,
+    PROMPT,
+    PROMPT_SPEC,
+    ROUND_TOOLS,
+    eliciting,
+    form,
+    round_prompt,
+    sampling,
+    string_field,
+)
 
 Context = ServerRequestContext[object]
 
@@ -124,91 +137,6 @@ async def _missing_capability(ctx: Context, args: dict[str, Any]) -> types.CallT
     return types.CallToolResult(content=[_text("Success")])
 
 
-def _string(description: str, **more: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **more}
-
-
-def _choices(values: str, titles: str) -> list[dict[str, str]]:
-    return [
-        {"const": f"{values}{i}", "title": f"{t} {titles}"}
-        for i, t in enumerate(("First", "Second", "Third"), 1)
-    ]
-
-
-def _form(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": required or []}
-
-
-ELICITATION_FORM: Final = _form({"response": _string("User's response")}, required=["response"])
-DEFAULTS_FORM: Final = _form(
-    {
-        "name": _string("User name", default="John Doe"),
-        "age": {"type": "integer", "description": "User age", "default": 30},
-        "score": {"type": "number", "description": "User score", "default": 95.5},
-        "status": _string("User status", enum=["active", "inactive", "pending"], default="active"),
-        "verified": {"type": "boolean", "description": "Verification status", "default": True},
-    }
-)
-OPTIONS: Final = ["option1", "option2", "option3"]
-ENUMS_FORM: Final = _form(
-    {
-        "untitledSingle": _string("Select one option", enum=OPTIONS),
-        "titledSingle": _string("Select one option with titles", oneOf=_choices("value", "Option")),
-        "legacyEnum": _string(
-            "Select one option (legacy)",
-            enum=["opt1", "opt2", "opt3"],
-            enumNames=["Option One", "Option Two", "Option Three"],
-        ),
-        "untitledMulti": {
-            "type": "array",
-            "description": "Select multiple options",
-            "minItems": 1,
-            "maxItems": 3,
-            "items": {"type": "string", "enum": OPTIONS},
-        },
-        "titledMulti": {
-            "type": "array",
-            "description": "Select multiple options with titles",
-            "minItems": 1,
-            "maxItems": 3,
-            "items": {"anyOf": _choices("value", "Choice")},
-        },
-    }
-)
-
-
-async def _sampling(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
-    prompt = _text(str(args.get("prompt", "")))
-    try:
-        sampled = await ctx.session.create_message(
-            [types.SamplingMessage(role="user", content=prompt)],
-            max_tokens=100,
-            related_request_id=ctx.request_id,
-        )
-    except MCPError as exc:
-        return types.CallToolResult(content=[_text(f"Sampling not supported or error: {exc}")])
-    answer = sampled.content.text if isinstance(sampled.content, types.TextContent) else "No response"
-    return types.CallToolResult(content=[_text(f"LLM response: {answer}")])
-
-
-def _eliciting(
-    reply: str, message: str | None, schema: dict[str, Any]
-) -> Callable[[Context, dict[str, Any]], Awaitable[types.CallToolResult]]:
-    """A fixture that asks ``message`` (None: the call's ``message`` argument) with the form ``schema`` and
-    answers ``<reply>: action=..., content={...}``."""
-
-    async def elicit(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
-        asked = message if message is not None else str(args.get("message", ""))
-        try:
-            answer = await ctx.session.elicit_form(asked, schema, ctx.request_id)
-        except MCPError as exc:
-            return types.CallToolResult(content=[_text(f"Elicitation not supported or error: {exc}")])
-        content = json.dumps(answer.content or {}, separators=(",", ":"))
-        return types.CallToolResult(content=[_text(f"{reply}: action={answer.action}, content={content}")])
-
-    return elicit
-
-
 @dataclass(frozen=True)
 class FixtureTool:
     description: str
@@ -235,23 +163,23 @@ TOOLS: Final = {
     ),
     "test_sampling": FixtureTool(
         "Tests server-initiated sampling (LLM completion request)",
-        _sampling,
-        _form({"prompt": _string("The prompt to send to the LLM")}, required=["prompt"]),
+        sampling,
+        form({"prompt": string_field("The prompt to send to the LLM")}, required=["prompt"]),
     ),
     "test_elicitation": FixtureTool(
         "Tests server-initiated elicitation (user input request)",
-        _eliciting("User response", None, ELICITATION_FORM),
-        _form({"message": _string("The message to show the user")}, required=["message"]),
+        eliciting("User response", None, ELICITATION_FORM),
+        form({"message": string_field("The message to show the user")}, required=["message"]),
     ),
     "test_elicitation_sep1034_defaults": FixtureTool(
         "Tests elicitation with default values per SEP-1034",
-        _eliciting(
+        eliciting(
             "Elicitation completed", "Please review and update the form fields with defaults", DEFAULTS_FORM
         ),
     ),
     "test_elicitation_sep1330_enums": FixtureTool(
         "Tests elicitation with enum schema improvements per SEP-1330",
-        _eliciting("Elicitation completed", "Please select options from the enum fields", ENUMS_FORM),
+        eliciting("Elicitation completed", "Please select options from the enum fields", ENUMS_FORM),
     ),
 }
 

@@ -1,7 +1,8 @@
 """Streamable HTTP sessions (``Mcp-Session-Id``): a 2025-11-25 ``initialize`` opens one, the client's
 later requests reuse it, only the credential that opened it may use it (another user's, or another key
 of the same user, is answered 404 as if it did not exist), DELETE ends it, 2026-07-28 clients and bare
-JSON-RPC POSTs stay stateless, and ``AISERVE_MCP_STATELESS`` opens none; the conformance fixtures that
+JSON-RPC POSTs stay stateless, and ``AISERVE_MCP_STATELESS`` opens none; a legacy SSE session is bound
+to its credential the same way; the conformance fixtures that
 ask the client (sampling, elicitation) over a session."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mcp.client.session import ClientRequestContext
 
 from aiserve_mcp.app import create_app
 from aiserve_mcp.core.settings import Settings
-from aiserve_mcp.protocols.mcp.http import MCP_PATH
+from aiserve_mcp.protocols.mcp.http import MCP_PATH, SSE_PATH
 from tests.conftest import LiveServer, api_key, serve, sign_up
 from tests.mcp_clients import Transport, mcp_client
 
@@ -173,3 +174,18 @@ async def test_conformance_fixtures_that_ask_the_client(transport: Transport, se
     reply = answers["test_elicitation_sep1034_defaults"].content[0]
     assert isinstance(reply, types.TextContent)
     assert reply.text == 'Elicitation completed: action=accept, content={"name":"Jane Smith","age":25}'
+
+
+async def test_a_legacy_sse_session_answers_its_own_credential_only(live_server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as http:
+        owner, stranger = await sign_up(http), await sign_up(http)
+        async with http.stream("GET", SSE_PATH, headers=owner.headers) as stream:
+            lines = stream.aiter_lines()
+            endpoint = ""
+            while not endpoint.startswith("data: "):
+                endpoint = await anext(lines)
+            messages = endpoint.removeprefix("data: ")
+            refused = await http.post(messages, json=INITIALIZE, headers=stranger.headers)
+            assert refused.status_code == 404, refused.text
+            accepted = await http.post(messages, json=INITIALIZE, headers=owner.headers)
+            assert accepted.status_code == 202, accepted.text

@@ -1,11 +1,16 @@
-"""The conformance suite's 2026-07-28 input-required (multi-round-trip) fixtures, served with the others
+"""The conformance suite's fixtures that ask the client, served with the others
 (``aiserve_mcp.dev.mcp_conformance``) only with ``AISERVE_MCP_CONFORMANCE_FIXTURES=1``.
 
-Each answers a call without the inputs it needs with an ``InputRequiredResult`` (elicitation, sampling or
-``roots/list`` requests, keyed by name), and the call retried with ``inputResponses`` (and the
-``requestState`` it was given) with a complete result, as the suite's reference server does. The product's
-request-state boundary seals every ``requestState`` these return and opens it on the retry, so a tampered
-one is refused (-32602) before a fixture sees it.
+Protocol 2025-11-25 (``test_sampling``, ``test_elicitation``, ``test_elicitation_sep1034_defaults``,
+``test_elicitation_sep1330_enums``): the tool sends ``sampling/createMessage`` or ``elicitation/create``
+to the client mid-call and answers with its reply, as the suite's reference server does; that needs a
+channel for server requests (a Streamable HTTP session, legacy SSE, stdio).
+
+Protocol 2026-07-28 (``test_input_required_result_*`` tools and prompt): each answers a call without
+the inputs it needs with an ``InputRequiredResult`` (elicitation, sampling or ``roots/list`` requests,
+keyed by name), and the call retried with ``inputResponses`` (and the ``requestState`` it was given) with
+a complete result. The product's request-state boundary seals every ``requestState`` these return and
+opens it on the retry, so a tampered one is refused (-32602) before a fixture sees it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,101 @@ from typing import Any, Final
 
 from mcp import types
 from mcp.server import ServerRequestContext
+from mcp.shared.exceptions import MCPError
 
 Context = ServerRequestContext[object]
 Answer = types.CallToolResult | types.InputRequiredResult
 Responses = Mapping[str, types.InputResponse]
 PROMPT: Final = "test_input_required_result_prompt"
+
+
+def _said(text: str) -> types.TextContent:
+    return types.TextContent(type="text", text=text)
+
+
+def string_field(description: str, **more: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **more}
+
+
+def _choices(values: str, titles: str) -> list[dict[str, str]]:
+    return [
+        {"const": f"{values}{i}", "title": f"{t} {titles}"}
+        for i, t in enumerate(("First", "Second", "Third"), 1)
+    ]
+
+
+def form(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required or []}
+
+
+ELICITATION_FORM: Final = form({"response": string_field("User's response")}, required=["response"])
+DEFAULTS_FORM: Final = form(
+    {
+        "name": string_field("User name", default="John Doe"),
+        "age": {"type": "integer", "description": "User age", "default": 30},
+        "score": {"type": "number", "description": "User score", "default": 95.5},
+        "status": string_field("User status", enum=["active", "inactive", "pending"], default="active"),
+        "verified": {"type": "boolean", "description": "Verification status", "default": True},
+    }
+)
+OPTIONS: Final = ["option1", "option2", "option3"]
+ENUMS_FORM: Final = form(
+    {
+        "untitledSingle": string_field("Select one option", enum=OPTIONS),
+        "titledSingle": string_field("Select one option with titles", oneOf=_choices("value", "Option")),
+        "legacyEnum": string_field(
+            "Select one option (legacy)",
+            enum=["opt1", "opt2", "opt3"],
+            enumNames=["Option One", "Option Two", "Option Three"],
+        ),
+        "untitledMulti": {
+            "type": "array",
+            "description": "Select multiple options",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"type": "string", "enum": OPTIONS},
+        },
+        "titledMulti": {
+            "type": "array",
+            "description": "Select multiple options with titles",
+            "minItems": 1,
+            "maxItems": 3,
+            "items": {"anyOf": _choices("value", "Choice")},
+        },
+    }
+)
+
+
+async def sampling(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+    prompt = _said(str(args.get("prompt", "")))
+    try:
+        sampled = await ctx.session.create_message(
+            [types.SamplingMessage(role="user", content=prompt)],
+            max_tokens=100,
+            related_request_id=ctx.request_id,
+        )
+    except MCPError as exc:
+        return types.CallToolResult(content=[_said(f"Sampling not supported or error: {exc}")])
+    answer = sampled.content.text if isinstance(sampled.content, types.TextContent) else "No response"
+    return types.CallToolResult(content=[_said(f"LLM response: {answer}")])
+
+
+def eliciting(
+    reply: str, message: str | None, schema: dict[str, Any]
+) -> Callable[[Context, dict[str, Any]], Awaitable[types.CallToolResult]]:
+    """A fixture that asks ``message`` (None: the call's ``message`` argument) with the form ``schema`` and
+    answers ``<reply>: action=..., content={...}``."""
+
+    async def elicit(ctx: Context, args: dict[str, Any]) -> types.CallToolResult:
+        asked = message if message is not None else str(args.get("message", ""))
+        try:
+            answer = await ctx.session.elicit_form(asked, schema, ctx.request_id)
+        except MCPError as exc:
+            return types.CallToolResult(content=[_said(f"Elicitation not supported or error: {exc}")])
+        content = json.dumps(answer.content or {}, separators=(",", ":"))
+        return types.CallToolResult(content=[_said(f"{reply}: action={answer.action}, content={content}")])
+
+    return elicit
 
 
 def _elicit(message: str, field: str, kind: str = "string") -> types.ElicitRequest:
@@ -47,7 +142,7 @@ def _asking(requests: dict[str, types.InputRequest], state: dict[str, Any] | Non
 
 
 def _done(text: str) -> Answer:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
+    return types.CallToolResult(content=[_said(text)])
 
 
 def _field(response: types.InputResponse | None, name: str) -> str:
