@@ -19,7 +19,8 @@ MCP and A2A are not reimplemented here: the request (headers, the buffered body)
 the route that serves ``/api/v1/mcp`` (or ``/api/v1/a2a``). The others are answered here, each tool call
 going through ``call_tool`` like every surface's. Anything else is 400 ``VALIDATION_ERROR`` listing the
 supported protocols and how each is recognised. The answer to a recognised message carries
-``X-Agent-Protocol`` (mcp, a2a, envelope, acp, fipa-acl or kqml).
+``X-Agent-Protocol`` (mcp, a2a, envelope, acp, fipa-acl or kqml). A ``GET`` or ``DELETE`` with MCP's
+headers goes to MCP too: a Streamable HTTP session's stream of server requests, and its end.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from functools import cache
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -221,7 +223,7 @@ class AgentDoor:
         self._guarded = CallerGuard("the agent door", self._serve)
 
     def route(self) -> Route:
-        return Route(AGENT_PATH, self, methods=["POST"])
+        return Route(AGENT_PATH, self, methods=["POST", "GET", "DELETE"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if _FORWARDED in scope:  # a forwarded request must never come back here
@@ -229,6 +231,8 @@ class AgentDoor:
                 scope, receive, send
             )
             return
+        if scope["method"] != "POST" and not any(name in Headers(scope=scope) for name in MCP_HEADERS):
+            raise HTTPException(405, headers={"Allow": "POST"})  # only an MCP session is served otherwise
         await self._guarded(scope, receive, send)
 
     async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
