@@ -3,7 +3,6 @@ session."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -11,6 +10,7 @@ from typing import Any, Final
 import numpy as np
 
 from aiserve_mcp.core.errors import ValidationFailed
+from aiserve_mcp.runtime.cpus import usable_cpus
 from aiserve_mcp.runtime.tensors import TensorSpec, batchable, prepare, to_python
 
 _ORT_DTYPES: Final = {
@@ -54,14 +54,20 @@ class OnnxModel:
     @classmethod
     def load(cls, path: Path, *, prefer_gpu: bool, threads: int | None = None) -> OnnxModel:
         """Open ``path`` in an onnxruntime session (CUDA only when ``prefer_gpu`` and available, otherwise
-        CPU) with full graph optimisation, ``threads`` intra-op threads (default ``min(4, cpu_count)``),
-        one inter-op thread and only errors logged. :class:`ValidationFailed` when onnxruntime refuses it."""
+        CPU) with full graph optimisation, ``threads`` intra-op threads (default ``min(4, usable CPUs)``:
+        the affinity mask and the cgroup quota, see ``runtime.cpus``), one inter-op thread and only errors
+        logged. When the threads take every usable CPU they do not spin while idle, so they never hold a
+        core the server's own thread needs. :class:`ValidationFailed` when onnxruntime refuses it."""
         import onnxruntime as ort  # type: ignore[import-untyped]
 
+        cpus = usable_cpus()
+        intra = threads or min(4, cpus)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        options.intra_op_num_threads = intra
         options.inter_op_num_threads = 1
+        if intra >= cpus:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         if prefer_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
