@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(LOOPBACK_ORIGINS))
     trust_forwarded_for: bool = False
     max_request_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_binary_body_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     api_key: SecretStr | None = None
     mcp_conformance_fixtures: bool = False
     mcp_stateless: bool = False

@@ -20,6 +20,7 @@ from aiserve_mcp.protocols.prelude import (
     services_of,
     tool_context,
 )
+from aiserve_mcp.rest_compat.binary_infer import binary_infer
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.upload_links import link_upload
 from aiserve_mcp.rest_compat.uploads import UPLOAD_PATH, model_upload
@@ -92,6 +93,8 @@ def tool_endpoint(route: RestRoute, registry: ToolRegistry) -> Endpoint:
     needs_body = route.needs_body(tool.input_model)
 
     async def endpoint(request: Request) -> Response:
+        if route.binary_tensors:
+            return await binary_infer(request, tool)
         limit = services_of(request.scope).settings.max_request_body_bytes
         try:
             arguments = await bind_arguments(request, fields, limit, route.headers, needs_body)

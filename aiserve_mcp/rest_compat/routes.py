@@ -39,6 +39,7 @@ class RestRoute:
     headers: tuple[tuple[str, str], ...] = ()  # (HTTP header, input field) pairs bound like body fields
     errors: tuple[int, ...] = ()
     body_required: bool = False  # an empty body is refused even though every body field has a default
+    binary_tensors: bool = False  # takes the Open Inference Protocol's binary tensor data extension too
 
     @property
     def path_params(self) -> list[str]:
@@ -145,7 +146,9 @@ ROUTES: list[RestRoute] = [
         alternate_statuses=(503,),
         errors=(404,),
     ),
-    RestRoute("POST", "/v2/models/{model_name}/infer", "v2_infer", errors=(404, 409, 502, 504)),
+    RestRoute(
+        "POST", "/v2/models/{model_name}/infer", "v2_infer", errors=(404, 409, 502, 504), binary_tensors=True
+    ),
     RestRoute("GET", "/health", "system_health", status_of=_health_status, alternate_statuses=(503,)),
     RestRoute("GET", "/stats", "system_stats"),
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, field_validator
 
 from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import ANY_DTYPE, to_python
@@ -136,6 +136,12 @@ class InferTensor(Input):
     data: list[Any]
     parameters: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("data", mode="wrap")
+    @classmethod
+    def _decoded(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A tensor sent in binary (the binary tensor data extension) arrives as the array it decoded to."""
+        return value if isinstance(value, np.ndarray) else handler(value)
+
 
 class RequestedOutput(Input):
     name: str
@@ -166,6 +172,8 @@ class InferOutput(BaseModel):
 
 
 def _reshape(tensor: InferTensor) -> Any:
+    if isinstance(tensor.data, np.ndarray):
+        return tensor.data  # decoded from binary, shaped already
     flat = np.asarray(tensor.data, dtype=object).reshape(-1)
     if flat.size != int(np.prod(tensor.shape)):
         raise ValidationFailed(f"input '{tensor.name}': {flat.size} values do not fill shape {tensor.shape}")
