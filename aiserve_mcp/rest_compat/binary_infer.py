@@ -17,7 +17,7 @@ from aiserve_mcp.protocols.prelude import (
     services_of,
     tool_context,
 )
-from aiserve_mcp.runtime.binary_tensors import attach_inputs, encode_response, split_body, wants_binary
+from aiserve_mcp.runtime.binary_tensors import attach_inputs, binary_outputs, encode_response, split_body
 from aiserve_mcp.tools.registry import Surface, Tool
 from aiserve_mcp.tools.runner import call_tool
 
@@ -38,7 +38,7 @@ async def binary_infer(request: Request, tool: Tool) -> Response:
             body = await read_body(request, settings.max_binary_body_bytes)
             header, raw = split_body(body, header_length)
         arguments = attach_inputs(header, raw)
-        binary = wants_binary(arguments)
+        binary = binary_outputs(arguments)
         arguments.update(request.path_params)
         result = await call_tool(tool, arguments, tool_context(request.scope, Surface.REST))
     except AiserveError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -148,31 +148,29 @@ def encode_tensor(datatype: str, data: Sequence[Any] | np.ndarray) -> bytes:
     return np.ascontiguousarray(np.asarray(data, dtype=DTYPES[datatype])).tobytes()
 
 
-def wants_binary(request: Mapping[str, Any]) -> set[str] | bool:
-    """The outputs the request asks in binary: ``True`` for all (the request-level ``binary_data_output``),
-    else the names of requested outputs whose parameters say ``binary_data: true``."""
+def binary_outputs(request: Mapping[str, Any]) -> Callable[[str], bool]:
+    """Whether the request asks an output (by name) in binary: the output's own ``binary_data`` parameter
+    when it gives one, else the request's ``binary_data_output`` (JSON when neither says true)."""
     parameters = request.get("parameters")
-    if isinstance(parameters, Mapping) and parameters.get("binary_data_output") is True:
-        return True
+    default = isinstance(parameters, Mapping) and parameters.get("binary_data_output") is True
     outputs = request.get("outputs")
-    if not isinstance(outputs, list):
-        return set()
-    return {
-        o["name"]
-        for o in outputs
+    named = {
+        o["name"]: o["parameters"]["binary_data"] is True
+        for o in (outputs if isinstance(outputs, list) else [])
         if isinstance(o, Mapping)
         and isinstance(o.get("parameters"), Mapping)
-        and o["parameters"].get("binary_data") is True
+        and "binary_data" in o["parameters"]
     }
+    return lambda name: named.get(name, default)
 
 
-def encode_response(response: dict[str, Any], binary: set[str] | bool) -> tuple[bytes, int | None]:
-    """The response body with the outputs named in ``binary`` (``True``: all) moved after the JSON header,
-    each carrying ``binary_data_size``; and the header's length (``None`` when no output is binary: the
-    body is plain JSON)."""
+def encode_response(response: dict[str, Any], binary: Callable[[str], bool]) -> tuple[bytes, int | None]:
+    """The response body with the outputs that ``binary`` picks (by name) moved after the JSON header, in
+    the order of its outputs, each carrying ``binary_data_size``; and the header's length (``None`` when no
+    output is binary: the body is plain JSON)."""
     tails: list[bytes] = []
     for output in response.get("outputs", []):
-        if output["name"] in binary if isinstance(binary, set) else binary:
+        if binary(output["name"]):
             raw = encode_tensor(output["datatype"], output.pop("data"))
             output["parameters"] = {**output.get("parameters", {}), SIZE: len(raw)}
             tails.append(raw)

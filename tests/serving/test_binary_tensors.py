@@ -21,10 +21,10 @@ from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.runtime.binary_tensors import (
     attach_inputs,
+    binary_outputs,
     encode_response,
     encode_tensor,
     split_body,
-    wants_binary,
 )
 from tests.conftest import Account, api_key, app_client, serve, sign_up
 from tests.serving.test_models import mlp_bytes, until_settled, upload
@@ -144,8 +144,8 @@ def test_outputs_asked_in_binary_follow_the_header() -> None:
             {"name": "s", "datatype": "BYTES", "shape": [1], "data": ["ok"]},
         ]
     }
-    asked = wants_binary({"outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "s"}]})
-    assert asked == {"y"}
+    asked = binary_outputs({"outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "s"}]})
+    assert (asked("y"), asked("s"), asked("other")) == (True, False, False)
     body, length = encode_response(orjson.loads(orjson.dumps(response)), asked)
     assert length is not None
     header = orjson.loads(body[:length])
@@ -157,10 +157,18 @@ def test_outputs_asked_in_binary_follow_the_header() -> None:
     }
     assert header["outputs"][1]["data"] == ["ok"]
     assert body[length:] == np.array([1.0, 2.0], dtype="<f4").tobytes()
-    everything = wants_binary({"parameters": {"binary_data_output": True}})
+    everything = binary_outputs({"parameters": {"binary_data_output": True}})
     body, length = encode_response(orjson.loads(orjson.dumps(response)), everything)
     assert length is not None and body[length:] == np.array([1, 2], "<f4").tobytes() + b"\x02\x00\x00\x00ok"
-    assert encode_response(orjson.loads(orjson.dumps(response)), set()) == (orjson.dumps(response), None)
+    overridden = binary_outputs(
+        {
+            "parameters": {"binary_data_output": True},
+            "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+        }
+    )
+    assert (overridden("y"), overridden("s")) == (False, True)  # an output's own binary_data wins
+    plain = binary_outputs({"outputs": [{"name": "y"}]})
+    assert encode_response(orjson.loads(orjson.dumps(response)), plain) == (orjson.dumps(response), None)
 
 
 @pytest.fixture
