@@ -18,6 +18,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from aiserve_mcp import __version__
 from aiserve_mcp.core.errors import ERROR_TABLE
 from aiserve_mcp.protocols.admission import ADMITTED_PREFIXES
+from aiserve_mcp.rest_compat.binary_infer import HEADER_LENGTH
 from aiserve_mcp.rest_compat.endpoint import WEBHOOK_PATH
 from aiserve_mcp.rest_compat.routes import ROUTES, RestRoute
 from aiserve_mcp.rest_compat.uploads import SCOPE as UPLOAD_SCOPE
@@ -87,6 +88,35 @@ def _error_schema(status: int) -> dict[str, Any]:
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_BINARY = {
+    "schema": {
+        "type": "string",
+        "format": "binary",
+        "description": f"The binary tensor data extension: the JSON object ({HEADER_LENGTH} bytes), then "
+        "the raw tensors whose parameters give binary_data_size, in order (little-endian, row-major; BYTES "
+        "elements each after a 4-byte length)",
+    }
+}
+_HEADER_LENGTH = {
+    "name": HEADER_LENGTH,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "The length of the JSON object that starts a body with binary tensors",
+}
+
+
+def _with_binary(operation: dict[str, Any]) -> dict[str, Any]:
+    """``operation`` documenting the binary tensor data extension too: the header, an
+    ``application/octet-stream`` request body and success answer."""
+    operation["parameters"].append(_HEADER_LENGTH)
+    operation["requestBody"]["content"]["application/octet-stream"] = _BINARY
+    success = operation["responses"]["200"]
+    success["content"]["application/octet-stream"] = _BINARY
+    success["headers"] = {HEADER_LENGTH: {k: v for k, v in _HEADER_LENGTH.items() if k not in ("name", "in")}}
+    return operation
 
 
 def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +266,7 @@ class _Builder:
         if tool.scope is not None:
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
             operation["x-required-scope"] = tool.scope
-        return operation
+        return _with_binary(operation) if route.binary_tensors else operation
 
     def upload(self) -> dict[str, Any]:
         """``POST /api/v1/models/upload``: one multipart object, the model file and the form fields."""
