@@ -138,11 +138,15 @@ def _decode_bytes(name: object, raw: memoryview, count: int) -> np.ndarray:
 
 
 def encode_tensor(datatype: str, data: Sequence[Any] | np.ndarray) -> bytes:
-    """The binary form of a tensor's row-major ``data`` of ``datatype``."""
+    """The binary form of a tensor's row-major ``data`` of ``datatype``. A BYTES element that is neither
+    bytes nor text (a runtime's map or sequence output) is written as its JSON text."""
     if datatype == "BYTES":
         parts = []
-        for item in np.asarray(data, dtype=object).reshape(-1):
-            encoded = item if isinstance(item, bytes) else str(item).encode()
+        for item in data.reshape(-1) if isinstance(data, np.ndarray) else data:
+            if isinstance(item, bytes):
+                encoded = item
+            else:
+                encoded = item.encode() if isinstance(item, str) else orjson.dumps(item)
             parts += [_LENGTH.pack(len(encoded)), encoded]
         return b"".join(parts)
     return np.ascontiguousarray(np.asarray(data, dtype=DTYPES[datatype])).tobytes()

@@ -68,6 +68,10 @@ def test_tensors_round_trip_little_endian_row_major(datatype: str, values: np.nd
     assert array.shape == values.shape and array.tolist() == values.tolist()
 
 
+def test_bytes_outputs_that_are_not_text_are_written_as_json() -> None:
+    assert encode_tensor("BYTES", [{"a": 0.5}, b"\xff"]) == b'\x09\x00\x00\x00{"a":0.5}\x01\x00\x00\x00\xff'
+
+
 def test_json_and_binary_inputs_mix_in_order() -> None:
     first, second = encode_tensor("INT32", [1, 2]), encode_tensor("FP64", [0.5])
     header = {
