@@ -17,7 +17,6 @@ traceback.
 
 from __future__ import annotations
 
-import ctypes
 import hmac
 import json
 import logging
@@ -47,6 +46,7 @@ from aiserve_mcp.core.errors import (
     error_headers,
     kind_of,
 )
+from aiserve_mcp.core.processes import term_when_parent_dies
 from aiserve_mcp.runtime.wire import decode_arrays, encode_arrays
 from aiserve_mcp.worker import TOKEN_ENV
 from aiserve_mcp.worker.launch import HEARTBEAT_ENV, PARENT_CHECK_ENV, PARENT_PID_ENV, PDEATHSIG_ENV
@@ -58,7 +58,6 @@ DEFAULT_MAX_MODEL_BYTES: Final = 10 * 1024**3
 MAX_INFER_BYTES: Final = 256 * 1024**2
 PARENT_CHECK_S: Final = 1.0  # default seconds between checks that the server is still the parent
 EXIT_GRACE_S: Final = 5.0  # after the server is gone, how long a graceful stop may take before exiting
-PR_SET_PDEATHSIG: Final = 1  # <linux/prctl.h>
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +250,8 @@ class ParentWatch:
 
     def arm(self) -> None:
         """Ask for the parent-death signal where asked to, then exit at once if the parent is gone."""
-        if os.environ.get(PDEATHSIG_ENV) == "1" and sys.platform == "linux":
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        if os.environ.get(PDEATHSIG_ENV) == "1" and sys.platform == "linux" and not term_when_parent_dies():
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: the parent check alone stops this worker")
         if not self.parent_alive:
             log.warning("the server that started this worker (pid %d) is gone; exiting", self.expected)
             raise SystemExit(0)
