@@ -19,12 +19,20 @@ from aiserve_mcp.console.routes import console_routes
 from aiserve_mcp.console.web import EXCEPTION_HANDLERS as CONSOLE_EXCEPTION_HANDLERS
 from aiserve_mcp.core.errors import NotFound, error_body
 from aiserve_mcp.core.events import publish_forever
+from aiserve_mcp.core.processes import ProcessGroup
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.protocols.a2a.surface import A2aSurface
 from aiserve_mcp.protocols.a2a.task_store import DatabaseA2aTaskStore
 from aiserve_mcp.protocols.admission import AdmissionMiddleware, ErrorBoundary, TelemetryMiddleware
 from aiserve_mcp.protocols.agent_door.door import AgentDoor
-from aiserve_mcp.protocols.mcp.http import McpHttpTransports, request_address_resolver, request_principal
+from aiserve_mcp.protocols.mcp.affinity import SessionAffinity, Siblings
+from aiserve_mcp.protocols.mcp.http import (
+    MCP_PATH,
+    SSE_MESSAGES_PATH,
+    McpHttpTransports,
+    request_address_resolver,
+    request_principal,
+)
 from aiserve_mcp.protocols.mcp.server import build_mcp_server
 from aiserve_mcp.protocols.oauth.routes import BearerChallenge, oauth_routes
 from aiserve_mcp.protocols.oauth.urls import OAuthUrls
@@ -59,14 +67,16 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=405, headers=getattr(exc, "headers", None))
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, group: ProcessGroup | None = None) -> Starlette:
+    """The server; ``group`` when it is one of several processes on one port (``aiserve serve --workers``)."""
     settings = settings or Settings()
     logging.getLogger("uvicorn.access").addFilter(HIDE_LINK_TOKENS)  # once: the filter is one object
     services = Services.create(settings)
     mcp_server = build_mcp_server(
         services, REGISTRY, request_principal, request_address_resolver(settings), surface=Surface.MCP
     )
-    mcp_http = McpHttpTransports(mcp_server, settings)
+    mcp_http = McpHttpTransports(mcp_server, settings, group)
+    siblings = Siblings(group) if group is not None else None
     a2a = A2aSurface(services, REGISTRY, DatabaseA2aTaskStore(services.db))
     oauth_urls = OAuthUrls.from_settings(settings)
 
@@ -87,6 +97,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 background.cancel_scope.cancel()
         finally:
             await a2a.aclose()
+            if siblings is not None:
+                await siblings.aclose()
             await services.close()
 
     routes: list[BaseRoute] = [
@@ -100,10 +112,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    relay = (
+        []
+        if siblings is None
+        else [
+            Middleware(
+                SessionAffinity,
+                siblings=siblings,
+                mcp_path=MCP_PATH,
+                messages_base=SSE_MESSAGES_PATH,
+                max_body=settings.max_request_body_bytes,
+            )
+        ]
+    )
     app = Starlette(
         routes=routes,
         middleware=[
             Middleware(ErrorBoundary),
+            *relay,
             Middleware(PredictFastPath, registry=REGISTRY),
             Middleware(TelemetryMiddleware),
             Middleware(BearerChallenge, urls=oauth_urls),

@@ -2,13 +2,14 @@
 ``/api/v1/mcp/sse``.
 
 Streamable HTTP: a 2025-11-25 client's ``initialize`` opens a session (``Mcp-Session-Id``), which the
-client's later requests name. A session lives in the process that opened it, so with several server
-processes a load balancer must route on that header (sticky sessions); in return the server can send
-requests of its own to the client mid-call (elicitation, sampling). A session answers only to the
-credential that opened it: any other caller naming it is answered 404, as if it did not exist.
-``AISERVE_MCP_STATELESS=true`` opens no sessions. Requests without a session id (2026-07-28 clients,
-whose era has no sessions, and bare JSON-RPC POSTs) are answered statelessly by whichever process gets
-them. A client that accepts ``text/event-stream`` gets streamed responses (progress notifications ride on
+client's later requests name. A session lives in the process that opened it: the processes of one
+``aiserve serve --workers N`` relay its requests there (:mod:`aiserve_mcp.protocols.mcp.affinity`), and
+servers on several hosts behind a load balancer need it to route on that header (sticky sessions); in
+return the server can send requests of its own to the client mid-call (elicitation, sampling). A session
+answers only to the credential that opened it: any other caller naming it is answered 404, as if it did
+not exist. ``AISERVE_MCP_STATELESS=true`` opens no sessions. Requests without a session id (2026-07-28
+clients, whose era has no sessions, and bare JSON-RPC POSTs) are answered statelessly by whichever process
+gets them. A client that accepts ``text/event-stream`` gets streamed responses (progress notifications ride on
 them); one that does not (a bare ``curl``) gets plain JSON-RPC responses. A stateless request cannot
 carry a server request: ``resources/subscribe`` needs a session, legacy SSE or stdio, while 2026-07-28
 clients watch resources with ``subscriptions/listen``, whose response is the stream.
@@ -41,7 +42,9 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from aiserve_mcp.core.principal import Principal
+from aiserve_mcp.core.processes import ProcessGroup
 from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.protocols.mcp.affinity import messages_path
 from aiserve_mcp.protocols.mcp.server import AddressResolver
 from aiserve_mcp.protocols.prelude import CallerGuard, ResponseStart, client_address, principal_of
 
@@ -168,13 +171,13 @@ class _Managers:
 class McpHttpTransports:
     """The three MCP HTTP entry points over one ``Server``. Every one requires an authenticated caller."""
 
-    def __init__(self, server: Server[object], settings: Settings) -> None:
+    def __init__(self, server: Server[object], settings: Settings, group: ProcessGroup | None = None) -> None:
         security = transport_security(settings)
         self._server = server
         self._in_flight = _InFlight()
         self._stateless = _Managers.of(server, security, stateless=True)
         self._sessions = None if settings.mcp_stateless else _Managers.of(server, security, stateless=False)
-        self._sse = SseServerTransport(SSE_MESSAGES_PATH, security_settings=security)
+        self._sse = SseServerTransport(messages_path(SSE_MESSAGES_PATH, group), security_settings=security)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
