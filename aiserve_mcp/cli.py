@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -17,18 +16,8 @@ from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.errors import AiserveError
 from aiserve_mcp.core.principal import SCOPES, Principal
 from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.supervisor import configure_logging
 from aiserve_mcp.tools.auth import RegisterInput
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The MCP endpoint runs two session managers (streamed and plain JSON answers): each would announce
-    # its start and stop, the same line twice.
-    logging.getLogger("mcp.server.streamable_http_manager").setLevel(logging.WARNING)
 
 
 def banner(settings: Settings, services: Services) -> str:
@@ -45,7 +34,8 @@ def banner(settings: Settings, services: Services) -> str:
         payments = services.payments.name
     return "\n".join(
         [
-            f"aiserve {__version__} on http://{host}:{settings.port}",
+            f"aiserve {__version__} on http://{host}:{settings.port}"
+            + (f" ({settings.workers} processes)" if settings.workers > 1 else ""),
             f"  database:  {database}",
             f"  redis:     {'configured' if settings.redis_url else 'off (state kept in this process)'}",
             f"  providers: {providers}",
@@ -60,13 +50,32 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
     from aiserve_mcp.app import create_app
 
     settings = settings.model_copy(
-        update={"host": args.host or settings.host, "port": args.port or settings.port}
+        update={
+            "host": args.host or settings.host,
+            "port": args.port or settings.port,
+            "workers": args.workers or settings.workers,
+        }
     )
+    if settings.workers > 1:
+        _serve_many(settings)
+        return
     app = create_app(settings)
     print(banner(settings, app.state.services), file=sys.stderr, flush=True)
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), proxy_headers=False
     )
+
+
+def _serve_many(settings: Settings) -> None:
+    from aiserve_mcp.supervisor import Supervisor, shared_state_missing
+
+    missing = shared_state_missing(settings)
+    if missing is not None:
+        raise SystemExit(f"error: --workers {settings.workers}: {missing}")
+    services = Services.create(settings)  # for the banner: nothing connects
+    print(banner(settings, services), file=sys.stderr, flush=True)
+    asyncio.run(services.close())
+    raise SystemExit(Supervisor(settings, settings.workers).run())
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -165,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP server (REST, MCP, metrics)")
     serve.add_argument("--host", help="bind address (default: AISERVE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: AISERVE_PORT or 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        choices=range(1, 65),
+        metavar="N",
+        help="server processes on the port, 1 to 64; more than 1 needs PostgreSQL and Redis "
+        "(default: AISERVE_WORKERS or 1)",
+    )
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser(
@@ -219,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    _configure_logging(settings)
+    configure_logging(settings)
     try:
         args.run(args, settings)
     except AiserveError as exc:

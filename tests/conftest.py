@@ -28,6 +28,7 @@ from tests.console.browser import browser_page  # noqa: F401 - the real-browser 
 PG_ADMIN_URL = os.environ.get("AISERVE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("AISERVE_TEST_REDIS_URL")
 LOCAL_REDIS_URL = REDIS_URL or "redis://127.0.0.1:6379/15"
+LOCAL_PG_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 PASSWORD = "correct horse battery"
 
 
@@ -41,20 +42,34 @@ def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+@asynccontextmanager
+async def _postgres_database(admin_url: str) -> AsyncIterator[str]:
+    """A new PostgreSQL database on the server of ``admin_url``, dropped afterwards; yields its URL."""
+    name = f"aiserve_t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_asyncpg_dsn(admin_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture
 async def database_url(tmp_path: Path) -> AsyncIterator[str]:
     """A database of its own for each test."""
     if PG_ADMIN_URL is None:
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
-    name = f"aiserve_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_asyncpg_dsn(PG_ADMIN_URL))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with _postgres_database(PG_ADMIN_URL) as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A PostgreSQL database of its own, whatever the run tests on (for what only works on PostgreSQL)."""
+    async with _postgres_database(PG_ADMIN_URL or LOCAL_PG_ADMIN_URL) as url:
+        yield url
 
 
 @pytest.fixture
