@@ -135,6 +135,7 @@ ROUTES: list[RestRoute] = [
     RestRoute("POST", "/api/v1/models/{model_id}/predict", "predict", errors=(404, 409, 502, 504)),
     RestRoute("GET", "/api/v1/models/{model_id}/metrics", "get_model_metrics", errors=(404,)),
     RestRoute("GET", "/api/v1/quota", "get_quota"),
+    RestRoute("GET", "/v2", "v2_server_metadata"),
     RestRoute("GET", "/v2/health/live", "v2_live"),
     RestRoute("GET", "/v2/health/ready", "v2_ready"),
     RestRoute("GET", "/v2/models/{model_name}", "v2_model_metadata", errors=(404,)),

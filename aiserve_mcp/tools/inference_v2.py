@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, field_validator
 
+from aiserve_mcp import __version__
 from aiserve_mcp.core.errors import ValidationFailed
 from aiserve_mcp.runtime.tensors import ANY_DTYPE, to_python
 from aiserve_mcp.tools.common import Input, IntegerNumber, NoInput, Text
@@ -67,6 +68,19 @@ async def v2_ready(ctx: ToolContext[SystemPort], args: NoInput) -> Ready:
     """Open Inference Protocol readiness: the server can load and run models (its database answers)."""
     await ctx.services.db.ping()
     return Ready(ready=True)
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+@tool(scope=None, annotations=Annotations("Server metadata"), agent_visible=False)
+async def v2_server_metadata(ctx: ToolContext[NoPorts], args: NoInput) -> ServerMetadata:
+    """Open Inference Protocol server metadata: this server's name and version, and the protocol
+    extensions it implements (``binary_tensor_data``: tensors as raw bytes after the JSON header)."""
+    return ServerMetadata(name="aiserve", version=__version__, extensions=["binary_tensor_data"])
 
 
 class ModelName(Input):

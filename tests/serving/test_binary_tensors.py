@@ -277,6 +277,8 @@ async def test_tritonclient_with_its_default_binary_data(limited: Settings) -> N
         def infer(outputs: list[Any] | None) -> np.ndarray:
             triton_client = triton.InferenceServerClient(url.removeprefix("http://"))
             try:
+                metadata = triton_client.get_server_metadata()
+                assert metadata["name"] == "aiserve" and "binary_tensor_data" in metadata["extensions"]
                 tensor = triton.InferInput("input", list(rows.shape), "FP32")
                 tensor.set_data_from_numpy(rows)  # binary_data=True by default
                 result = triton_client.infer("mlp", [tensor], outputs=outputs, headers=key.headers)
