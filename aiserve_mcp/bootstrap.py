@@ -17,6 +17,7 @@ from aiserve_mcp.accounts.oauth_registry import ClientRegistry
 from aiserve_mcp.accounts.security import TokenSigner, load_or_create_secret
 from aiserve_mcp.accounts.service import AccountService
 from aiserve_mcp.core.events import Event, EventBus, MemoryEventBus, RedisEventBus
+from aiserve_mcp.core.leases import Leases, MemoryLeases, RedisLeases
 from aiserve_mcp.core.rate_windows import MemoryRateWindows, RateWindows, RedisRateWindows
 from aiserve_mcp.core.ratelimit import RateLimiter
 from aiserve_mcp.core.settings import Settings
@@ -125,11 +126,13 @@ class Services:
             else SqlSpendStore(db)
         )
         costs = CostGate(Ledger(db), Guardrails(db, spend_store, settings.spending_limits, telemetry, events))
+        leases: Leases = RedisLeases(redis, settings.redis_prefix) if redis is not None else MemoryLeases()
         market = GpuMarket(
             ContractStore(db, events),
             _providers(settings, outbound),
             default_catalog(),
             costs,
+            leases,
             cache_ttl_s=settings.offer_cache_ttl_s,
             timeout_s=settings.provider_timeout_s,
         )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 
 from aiserve_mcp.core.errors import NotFound
 from aiserve_mcp.core.events import Event, EventBus
@@ -69,6 +69,25 @@ class ContractStore:
                 setattr(row, name, value)
         if any(getattr(row, name) != old for name, old in before.items()):
             await self._events.publish(status_event(row, before["status"]))
+        return row
+
+    async def extend(self, contract: GpuContract, expires_at: datetime) -> GpuContract | None:
+        """Move an active contract's expiry from the one ``contract`` was read with to ``expires_at``, in
+        one conditional update, and tell its owner; None (nothing changed) when the stored expiry or
+        status is no longer the one read (another process renewed or ended it meanwhile)."""
+        async with self._db.session() as session:
+            row = await session.scalar(
+                update(GpuContract)
+                .where(
+                    GpuContract.id == contract.id,
+                    GpuContract.expires_at == contract.expires_at,
+                    GpuContract.status.in_(ACTIVE),
+                )
+                .values(expires_at=expires_at)
+                .returning(GpuContract)
+            )
+        if row is not None:
+            await self._events.publish(status_event(row, row.status))
         return row
 
     async def owned(self, user_id: str, contract_id: str) -> GpuContract:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import anyio
 
@@ -20,6 +21,7 @@ from aiserve_mcp.core.errors import (
     ValidationFailed,
     kind_of,
 )
+from aiserve_mcp.core.leases import Leases
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.gpu.catalog import GpuCatalog
 from aiserve_mcp.gpu.contracts import ACTIVE, ContractStore, new_contract_id
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WorkerProbe = Callable[[GpuContract], Awaitable[GpuContract | None]]
 MAX_DURATION_HOURS = 8760  # the longest a contract may be rented for (tools check it at their input)
+EXPIRY_LEASE: Final = "gpu-expiry"  # held by the one process whose expiry pass runs
+EXPIRY_LEASE_S: Final = 600.0  # how long a pass may hold it (a process that died holding it blocks this long)
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,13 @@ class GpuMarket:
         providers: Mapping[str, Provider],
         catalog: GpuCatalog,
         costs: CostGate,
+        leases: Leases,
         *,
         cache_ttl_s: float,
         timeout_s: float,
     ) -> None:
         self.contracts = contracts
+        self._leases = leases
         self._costs = costs
         self._settlement = Settlement(contracts, costs)
         self.providers = dict(providers)
@@ -367,7 +373,18 @@ class GpuMarket:
 
     async def expire_due(self) -> int:
         """End contracts whose rented time is over: metered auto-renewing ones are extended by their
-        duration, all others destroyed. Returns how many were destroyed."""
+        duration, all others destroyed. Returns how many were destroyed here. One process at a time
+        passes over them (the others skip their pass while it runs), so that no contract is renewed or
+        destroyed twice."""
+        lease = await self._leases.acquire(EXPIRY_LEASE, EXPIRY_LEASE_S)
+        if lease is None:
+            return 0
+        try:
+            return await self._expire_due()
+        finally:
+            await self._leases.release(EXPIRY_LEASE, lease)
+
+    async def _expire_due(self) -> int:
         destroyed = 0
         for contract in await self.contracts.due(datetime.now(UTC)):
             renews = contract.auto_renew and contract.billing == "metered"
@@ -383,8 +400,9 @@ class GpuMarket:
         return destroyed
 
     async def expire_forever(self, interval_s: float) -> None:
-        """Run ``expire_due`` every ``interval_s`` seconds until cancelled; a pass that has started
-        finishes (shielded), so that no destroy is cut off halfway."""
+        """Run ``expire_due`` every ``interval_s`` seconds until cancelled (every server process does; their
+        passes take turns); a pass that has started finishes (shielded), so that no destroy is cut off
+        halfway."""
         while True:
             await anyio.sleep(interval_s)
             with anyio.CancelScope(shield=True):

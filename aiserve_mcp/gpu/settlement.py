@@ -46,8 +46,17 @@ class Settlement:
         )
 
     async def renew(self, contract: GpuContract) -> bool:
-        """Charge the period that ended and authorize the next one; False when the payer's limits or
-        credits refuse it (the instance is then destroyed)."""
+        """Extend ``contract`` (as read when it was due) by its duration, charge the period that ended and
+        authorize the next one. False when the payer's limits or credits refuse it: its expiry is put back
+        and the instance is to be destroyed. The extension is claimed first, conditionally on the expiry
+        read, so that a process renewing the same contract at the same time finds it taken and charges
+        nothing (True: it is renewed)."""
+        renewed = await self._contracts.extend(
+            contract, contract.expires_at + timedelta(hours=contract.duration_hours)
+        )
+        if renewed is None:
+            log.info("%s was renewed or ended by another process", contract.id)
+            return True
         await self._costs.settle(
             contract.id,
             contract.price_per_hour * contract.duration_hours,
@@ -71,8 +80,6 @@ class Settlement:
             )
         except (SpendingLimit, InsufficientCredits) as exc:
             log.info("not renewing %s: %s", contract.id, exc.message)
+            await self._contracts.extend(renewed, contract.expires_at)
             return False
-        await self._contracts.update(
-            contract.id, expires_at=contract.expires_at + timedelta(hours=contract.duration_hours)
-        )
         return True

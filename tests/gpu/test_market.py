@@ -3,6 +3,7 @@ contracts, reserve and batch, against local servers that speak vast.ai's and io.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,13 +13,18 @@ from decimal import Decimal
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 from starlette.applications import Starlette
 
 from aiserve_mcp.app import create_app
+from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.principal import Principal
 from aiserve_mcp.core.settings import Settings
+from aiserve_mcp.gpu.contracts import ACTIVE
+from aiserve_mcp.gpu.settlement import Settlement
 from aiserve_mcp.money.guardrails import grant_scope
-from tests.conftest import Account, app_client, asgi_client, funded, running, serve, sign_up
+from aiserve_mcp.money.tables import LedgerHold
+from tests.conftest import REDIS_URL, Account, app_client, asgi_client, funded, running, serve, sign_up
 from tests.fakes.ionet_api.server import API, ionet_app
 from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
@@ -394,6 +400,70 @@ async def test_a_renewal_is_held_to_the_budget_of_the_app_that_rented(
     await services.market.contracts.update(rented["contract_id"], grant_id="grant-1", expires_at=past)
     assert await services.market.expire_due() == 1  # the app's budget refuses the next period
     assert market.vast.destroyed == [int(rented["instance_id"])]
+
+
+@pytest.fixture
+async def other_process(market: Market, market_app: Starlette) -> AsyncIterator[Services]:
+    """The services of a second server process on the same database and Redis."""
+    services = Services.create(market.settings)
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+async def holds(services: Services, contract_id: str) -> list[tuple[str, Decimal]]:
+    """The credit holds of a contract, oldest first: (status, amount captured or held)."""
+    async with services.db.session() as session:
+        rows = await session.scalars(
+            select(LedgerHold).where(LedgerHold.reference == contract_id).order_by(LedgerHold.created_at)
+        )
+        return [(h.status, h.captured if h.status == "settled" else h.amount) for h in rows]
+
+
+async def rent_due(
+    http: httpx.AsyncClient, owner: Account, services: Services, offer: int, renew: bool
+) -> str:
+    """A contract on ``offer`` for one hour, due since a minute ago; its id."""
+    rented = await http.post(
+        f"/api/v1/gpu/instances/vastai/{offer}",
+        json={"duration_hours": 1, "auto_renew": renew},
+        headers=owner.headers,
+    )
+    contract_id: str = rented.json()["contract_id"]
+    await services.market.contracts.update(contract_id, expires_at=datetime.now(UTC) - timedelta(minutes=1))
+    return contract_id
+
+
+async def test_a_renewal_taken_by_another_process_is_not_charged_again(
+    market_app: Starlette, other_process: Services, http: httpx.AsyncClient, owner: Account
+) -> None:
+    services: Services = market_app.state.services
+    contract_id = await rent_due(http, owner, services, 102, renew=True)
+    due = await services.market.contracts.owned(owner.user_id, contract_id)
+    for process in (services, other_process):  # both read it due; the second renews after the first
+        assert await Settlement(process.market.contracts, process.costs).renew(due)
+    renewed = await services.market.contracts.owned(owner.user_id, contract_id)
+    assert renewed.expires_at == due.expires_at + timedelta(hours=1)
+    assert await holds(services, contract_id) == [("settled", Decimal("0.80")), ("open", Decimal("0.80"))]
+
+
+@pytest.mark.skipif(REDIS_URL is None, reason="server processes take turns through Redis")
+async def test_racing_expiry_passes_renew_and_destroy_each_contract_once(
+    market: Market, market_app: Starlette, other_process: Services, http: httpx.AsyncClient, owner: Account
+) -> None:
+    services: Services = market_app.state.services
+    ending = await rent_due(http, owner, services, 101, renew=False)
+    renewing = await rent_due(http, owner, services, 102, renew=True)
+    due = await services.market.contracts.owned(owner.user_id, renewing)
+    passes = await asyncio.gather(services.market.expire_due(), other_process.market.expire_due())
+    assert sorted(passes) == [0, 1]
+    ended = await services.market.contracts.owned(owner.user_id, ending)
+    assert ended.status == "destroyed" and market.vast.destroyed == [int(ended.instance_id or 0)]
+    assert await holds(services, ending) == [("settled", Decimal("0.35"))]
+    renewed = await services.market.contracts.owned(owner.user_id, renewing)
+    assert renewed.status in ACTIVE and renewed.expires_at == due.expires_at + timedelta(hours=1)
+    assert await holds(services, renewing) == [("settled", Decimal("0.80")), ("open", Decimal("0.80"))]
 
 
 async def test_reserve_reports_progress_to_mcp_clients(market: Market) -> None:
