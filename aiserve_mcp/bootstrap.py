@@ -278,5 +278,5 @@ def _providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, Provi
     return {
         "vastai": VastAiProvider(client, settings.vastai_url, key(settings.vastai_api_key), launch),
         "ionet": IoNetProvider(client, settings.ionet_url, key(settings.ionet_api_key), launch),
-        "local": LocalProvider(settings.local_price_per_hour, settings.local_cpu_slots),
+        "local": LocalProvider(settings.local_price_per_hour, settings.local_cpu_slots, settings.data_dir),
     }

@@ -10,9 +10,9 @@ reaches the server alone, which then stops its workers in order), and it is told
 (:data:`PARENT_PID_ENV`): it checks every second that this parent is still its parent and stops when it is
 not, and on Linux it also asks the kernel for SIGTERM when its parent dies (:data:`PDEATHSIG_ENV`, see
 :func:`aiserve_mcp.worker.app.serve_worker`). A worker rented as a contract carries the contract id
-(:data:`CONTRACT_ENV`), so that a later server can tell a leftover worker of that contract from an
-unrelated process that reused its pid, and touches its working directory as a heartbeat, so that a later
-server knows when it stopped.
+(:data:`CONTRACT_ENV`) and the slot it occupies (:data:`SLOT_ENV`), so that another server process, or a
+later server, can tell that worker from an unrelated process that reused its pid and sees the slot taken;
+it touches its working directory as a heartbeat, so that a later server knows when it stopped.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ PDEATHSIG_ENV: Final = "AISERVE_WORKER_PDEATHSIG"  # "1": ask the kernel for SIG
 PARENT_CHECK_ENV: Final = "AISERVE_WORKER_PARENT_CHECK_S"  # seconds between parent checks (default 1)
 HEARTBEAT_ENV: Final = "AISERVE_WORKER_HEARTBEAT"  # a directory whose mtime the worker keeps fresh
 CONTRACT_ENV: Final = "AISERVE_WORKER_CONTRACT"  # the contract a rented worker serves
+SLOT_ENV: Final = (
+    "AISERVE_WORKER_SLOT"  # the slot of this host a rented worker occupies (its provider's name)
+)
 WORKDIR_PREFIX: Final = "aiserve-worker-"
 _CONTRACT_ID: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
 
@@ -89,6 +92,7 @@ def _worker_env(
     *,
     workdir: str,
     contract_id: str | None,
+    slot: str | None,
 ) -> dict[str, str]:
     """The whole environment of a worker: :data:`PASSED_ENV` from ours, then ``extra_env``, the token,
     ``CUDA_VISIBLE_DEVICES`` (unset when ``visible_devices`` is None) and the lifetime variables."""
@@ -105,6 +109,8 @@ def _worker_env(
         env.pop(PDEATHSIG_ENV, None)
     if contract_id is not None:
         env[CONTRACT_ENV] = contract_id
+    if slot is not None:
+        env[SLOT_ENV] = slot
     return env
 
 
@@ -114,12 +120,14 @@ async def start_worker(
     extra_env: Mapping[str, str] = {},
     timeout_s: float = 60.0,
     contract_id: str | None = None,
+    slot: str | None = None,
 ) -> WorkerProcess:
     """Start a worker on a free loopback port and wait until it announces its address.
 
-    ``visible_devices`` becomes ``CUDA_VISIBLE_DEVICES`` (``""`` hides every GPU); ``contract_id`` marks
-    the worker of a rented contract. Raises :class:`ServiceUnavailable` when the process exits or stays
-    silent for ``timeout_s`` (it is stopped)."""
+    ``visible_devices`` becomes ``CUDA_VISIBLE_DEVICES`` (``""`` hides every GPU); ``contract_id`` and
+    ``slot`` mark the worker of a rented contract and the slot it occupies. Raises
+    :class:`ServiceUnavailable` when the process exits or stays silent for ``timeout_s`` (it is
+    stopped)."""
     if contract_id is not None and not _CONTRACT_ID.fullmatch(contract_id):
         raise ValueError(f"not a contract id: {contract_id!r}")
     token = secrets.token_urlsafe(24)
@@ -129,7 +137,9 @@ async def start_worker(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "aiserve_mcp", "worker", "--host", "127.0.0.1", "--port", "0"),
-            env=_worker_env(token, visible_devices, extra_env, workdir=workdir, contract_id=contract_id),
+            env=_worker_env(
+                token, visible_devices, extra_env, workdir=workdir, contract_id=contract_id, slot=slot
+            ),
             cwd=workdir,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

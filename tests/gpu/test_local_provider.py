@@ -1,12 +1,15 @@
-"""This host as a provider, end to end: reserve local workers, reach them, destroy them, processes gone; and
-the contracts whose server is gone: ended, with their leftover workers (and only theirs) stopped."""
+"""This host as a provider, end to end: reserve local workers, reach them, destroy them, processes gone;
+server processes sharing the slots; and the contracts whose server is gone: ended, with their leftover
+workers (and only theirs) stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +22,8 @@ from aiserve_mcp.bootstrap import Services
 from aiserve_mcp.core.settings import Settings
 from aiserve_mcp.gpu.contracts import new_contract_id
 from aiserve_mcp.gpu.market import GpuMarket
-from aiserve_mcp.gpu.providers.local import RENT_GRACE_S
+from aiserve_mcp.gpu.providers.base import Offer, OfferQuery, OfferUnavailable, Rental, RentRequest
+from aiserve_mcp.gpu.providers.local import RENT_GRACE_S, LocalProvider
 from aiserve_mcp.gpu.tables import GpuContract
 from aiserve_mcp.worker.launch import WORKDIR_PREFIX, contract_workdirs, start_worker, stop_worker
 from tests.conftest import Account, app_client, sign_up
@@ -87,10 +91,68 @@ async def test_workers_stop_with_the_server(settings: Settings) -> None:
     assert not alive(pid)
 
 
+# -- server processes on one host -------------------------------------------------------------------
+
+reads_proc = pytest.mark.skipif(sys.platform != "linux", reason="tells workers apart through /proc")
+
+
+@pytest.fixture
+async def two_servers(tmp_path: Path) -> AsyncIterator[tuple[LocalProvider, LocalProvider]]:
+    """This host's provider as two server processes with one data directory see it (they share nothing
+    else)."""
+    servers = (LocalProvider(Decimal(0), 2, tmp_path), LocalProvider(Decimal(0), 2, tmp_path))
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            await server.aclose()
+
+
+async def rent(provider: LocalProvider, offer: Offer) -> Rental:
+    return await provider.rent(RentRequest(offer, 1, new_contract_id()))
+
+
+async def free_slots(provider: LocalProvider) -> list[bool]:
+    return [o.available for o in await provider.search(OfferQuery())]
+
+
+@reads_proc
+async def test_a_slot_rented_through_one_server_process_is_taken_for_the_others(
+    two_servers: tuple[LocalProvider, LocalProvider],
+) -> None:
+    first, second = two_servers
+    offer = await first.get_offer("cpu0")
+    assert offer is not None and offer.available
+    rental = await rent(first, offer)
+    pid = pid_of(rental.instance_id)
+    assert await free_slots(second) == [False, True]
+    with pytest.raises(OfferUnavailable):
+        await rent(second, offer)
+    assert (await second.status(rental.instance_id)).status == "running"
+
+    await second.destroy(rental.instance_id)  # as if the contract's expiry came through this process
+    assert not running(pid)
+    assert await free_slots(first) == [True, True] and await free_slots(second) == [True, True]
+    again = await rent(second, offer)
+    assert await free_slots(first) == [False, True]
+    await first.destroy(again.instance_id)
+    assert not running(pid_of(again.instance_id))
+
+
+@reads_proc
+async def test_two_server_processes_never_rent_one_slot_at_once(
+    two_servers: tuple[LocalProvider, LocalProvider],
+) -> None:
+    offers = [await p.get_offer("cpu1") for p in two_servers]  # both have looked: each sees it free
+    offer = offers[0]
+    assert offer is not None and all(o == offer for o in offers)
+    outcomes = await asyncio.gather(*(rent(p, offer) for p in two_servers), return_exceptions=True)
+    assert sorted(type(o).__name__ for o in outcomes) == ["OfferUnavailable", "Rental"]
+
+
 # -- contracts whose server is gone ------------------------------------------------------------------
 
 SERVER_STOPPED = "the server that started this worker stopped"
-reads_proc = pytest.mark.skipif(sys.platform != "linux", reason="tells workers apart through /proc")
 
 
 def local_contract(

@@ -3,13 +3,22 @@
 Renting an offer starts ``aiserve worker`` on a free loopback port with a fresh token; destroying it stops
 the process. Workers live as long as the server that started them: ``aclose`` stops them all, a worker
 whose server died stops by itself (``worker/launch.py``), and a contract whose worker is gone reads as
-destroyed. Other server processes on this host may share the database: a worker that one of them holds
-is theirs, seen here through ``/proc`` (:func:`find_worker`), and is neither reported gone nor stopped.
+destroyed.
+
+Several server processes on this host may share the database and the data directory (``serve --workers``).
+The slots are theirs together: every rented worker carries its slot (qualified by the data directory) and
+its contract in its environment, so that each process sees through ``/proc`` (:func:`host_workers`) which
+slots the others' workers take; a rent checks and starts under a lock on a file in the data directory, so
+that two processes never start workers on one slot; and a worker that another live process started reads
+as running here, and a destroy here stops it (identified by its command line, contract and slot, never by
+its pid alone). Each worker still lives no longer than the process that started it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import logging
 import os
 import platform
@@ -18,9 +27,12 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -42,6 +54,7 @@ from aiserve_mcp.gpu.providers.base import (
 from aiserve_mcp.worker.launch import (
     CONTRACT_ENV,
     PARENT_PID_ENV,
+    SLOT_ENV,
     contract_workdirs,
     start_worker,
     stop_worker,
@@ -76,6 +89,7 @@ class HostWorker:
 
     pid: int
     contract_id: str | None  # the contract it was started for (its environment says), if any
+    slot: str | None  # the slot it occupies (its environment says), if any
     started_by: int | None  # the pid of the server that started it (its environment says)
     parent: int  # its parent now
 
@@ -118,13 +132,24 @@ def inspect_worker(pid: int) -> HostWorker | None:
     if fields[0] in ("Z", "X"):  # exited, waiting to be collected
         return None
     contract = environ.get(CONTRACT_ENV.encode())
+    slot = environ.get(SLOT_ENV.encode())
     started_by = environ.get(PARENT_PID_ENV.encode(), b"")
     return HostWorker(
         pid,
         contract.decode(errors="replace") if contract else None,
+        slot.decode(errors="replace") if slot else None,
         int(started_by) if started_by.isdigit() else None,
         int(fields[1]),
     )
+
+
+def host_workers() -> Iterator[HostWorker]:
+    """Every ``aiserve worker`` running on this host, as ``/proc`` shows them (none without it)."""
+    try:
+        pids = [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
+    except OSError:
+        return
+    yield from (w for w in map(inspect_worker, pids) if w is not None)
 
 
 def find_worker(contract_id: str, pid: int | None) -> HostWorker | None:
@@ -133,13 +158,7 @@ def find_worker(contract_id: str, pid: int | None) -> HostWorker | None:
     if pid is not None:
         found = inspect_worker(pid)
         return found if found is not None and found.contract_id == contract_id else None
-    try:
-        pids = [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
-    except OSError:
-        return None
-    return next(
-        (w for w in map(inspect_worker, pids) if w is not None and w.contract_id == contract_id), None
-    )
+    return next((w for w in host_workers() if w.contract_id == contract_id), None)
 
 
 def _alive(pidfd: int | None, pid: int) -> bool:
@@ -159,10 +178,11 @@ def _wait_gone(pidfd: int | None, pid: int, timeout_s: float) -> bool:
     return True
 
 
-def stop_leftover(worker: HostWorker, grace_s: float = STOP_GRACE_S) -> bool:
-    """Stop ``worker`` (SIGTERM, then SIGKILL after ``grace_s``) if it is still the orphaned worker of the
-    same contract; blocking. The process is pinned with a pidfd where the system has them, so that a pid
-    reused in the meantime is never signalled. Returns whether it was stopped here."""
+def stop_host_worker(worker: HostWorker, *, orphans_only: bool, grace_s: float = STOP_GRACE_S) -> bool:
+    """Stop ``worker`` (SIGTERM, then SIGKILL after ``grace_s``) if it is still the worker of the same
+    contract and slot (and, with ``orphans_only``, still orphaned); blocking. The process is pinned with a
+    pidfd where the system has them, so that a pid reused in the meantime is never signalled. Returns
+    whether it was stopped here."""
     try:
         pidfd: int | None = os.pidfd_open(worker.pid) if hasattr(os, "pidfd_open") else None
     except ProcessLookupError:
@@ -171,7 +191,8 @@ def stop_leftover(worker: HostWorker, grace_s: float = STOP_GRACE_S) -> bool:
         pidfd = None
     try:
         again = inspect_worker(worker.pid)  # read after pinning: the process the pidfd refers to
-        if again is None or again.contract_id != worker.contract_id or not again.orphaned:
+        same = again is not None and (again.contract_id, again.slot) == (worker.contract_id, worker.slot)
+        if again is None or not same or (orphans_only and not again.orphaned):
             return False
 
         def send(sig: signal.Signals) -> None:
@@ -199,6 +220,11 @@ def _pid_in(instance_id: str | None) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def _offer_in(instance_id: str) -> str:
+    """The offer (slot) in a local instance id."""
+    return instance_id.rsplit("-", 1)[0]
+
+
 def _last_heartbeat(contract_id: str) -> datetime | None:
     """When the worker of ``contract_id`` last touched its working directory, which is then removed."""
     latest = None
@@ -208,8 +234,13 @@ def _last_heartbeat(contract_id: str) -> datetime | None:
         except OSError:
             continue
         latest = beat if latest is None else max(latest, beat)
-        shutil.rmtree(workdir, ignore_errors=True)
+    _remove_workdirs(contract_id)
     return latest
+
+
+def _remove_workdirs(contract_id: str) -> None:
+    for workdir in contract_workdirs(contract_id):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _nvidia_smi() -> list[Accelerator]:
@@ -264,11 +295,14 @@ class LocalProvider:
     name = "local"
     billing: Billing = "metered"
 
-    def __init__(self, price_per_hour: Decimal, cpu_slots: int) -> None:
+    def __init__(self, price_per_hour: Decimal, cpu_slots: int, data_dir: Path) -> None:
+        """``data_dir`` is shared by every server process whose workers share these slots."""
         self._price = price_per_hour
         self._cpu_slots = cpu_slots
         self._workers: dict[str, _Worker] = {}
-        self._lock = asyncio.Lock()
+        self._rent_lock = data_dir / "local-workers.lock"
+        # Slots are named for the data directory, so that servers with another one never share them.
+        self._slot_group = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
         self._accelerators: list[Accelerator] | None = None
 
     @property
@@ -280,8 +314,21 @@ class LocalProvider:
             self._accelerators = await anyio.to_thread.run_sync(detect_accelerators, self._cpu_slots)
         return self._accelerators
 
-    def _offer(self, device: Accelerator) -> Offer:
-        busy = {w.offer_id for w in self._workers.values() if w.process.returncode is None}
+    def _slot(self, offer_id: str) -> str:
+        """What the environment of a worker on ``offer_id`` names as its slot."""
+        return f"{self._slot_group}/{offer_id}"
+
+    async def _busy(self) -> set[str]:
+        """The offers whose slot a worker takes: one of this provider's or of another server process."""
+        prefix = self._slot("")
+        taken = {
+            w.slot.removeprefix(prefix)
+            for w in await anyio.to_thread.run_sync(lambda: list(host_workers()))
+            if w.slot is not None and w.slot.startswith(prefix)
+        }
+        return taken | {w.offer_id for w in self._workers.values() if w.process.returncode is None}
+
+    def _offer(self, device: Accelerator, busy: set[str]) -> Offer:
         return Offer(
             provider=self.name,
             offer_id=device.offer_id,
@@ -297,9 +344,10 @@ class LocalProvider:
 
     async def search(self, query: OfferQuery) -> list[Offer]:
         model = normalise_name(query.gpu_model) if query.gpu_model else None
+        busy = await self._busy()
         return [
             offer
-            for offer in map(self._offer, await self._devices())
+            for offer in (self._offer(d, busy) for d in await self._devices())
             if (query.min_vram_gb is None or offer.vram_gb >= query.min_vram_gb)
             and (query.max_price_per_hour is None or offer.price_per_hour <= query.max_price_per_hour)
             and (model is None or model in normalise_name(offer.gpu_model))
@@ -307,11 +355,21 @@ class LocalProvider:
         ]
 
     async def get_offer(self, offer_id: str) -> Offer | None:
-        return next((self._offer(d) for d in await self._devices() if d.offer_id == offer_id), None)
+        device = next((d for d in await self._devices() if d.offer_id == offer_id), None)
+        return None if device is None else self._offer(device, await self._busy())
+
+    @asynccontextmanager
+    async def _renting(self) -> AsyncIterator[None]:
+        """Held while a rent checks its slot and starts the worker: by one rent at a time among every
+        server process on this host with the same data directory."""
+        self._rent_lock.parent.mkdir(parents=True, exist_ok=True)
+        with self._rent_lock.open("a") as lock:  # closing it releases the lock
+            await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+            yield
 
     async def rent(self, request: RentRequest) -> Rental:
         offer_id = request.offer.offer_id
-        async with self._lock:  # the slot may have been rented since the market saw it free
+        async with self._renting():  # the slot may have been rented since the market saw it free
             offer = await self.get_offer(offer_id)
             if offer is None or not offer.available:
                 raise OfferUnavailable(
@@ -321,7 +379,10 @@ class LocalProvider:
             device = next(d for d in await self._devices() if d.offer_id == offer_id)
             try:
                 started = await start_worker(
-                    visible_devices=device.visible_devices, extra_env=request.env, contract_id=request.label
+                    visible_devices=device.visible_devices,
+                    extra_env=request.env,
+                    contract_id=request.label,
+                    slot=self._slot(offer_id),
                 )
             except ServiceUnavailable as exc:
                 log.warning("local worker on %s: %s", device.offer_id, exc.message)
@@ -365,7 +426,8 @@ class LocalProvider:
         now = datetime.now(UTC)
         if worker is None and instance_id is None and now - created_at < timedelta(seconds=RENT_GRACE_S):
             return None
-        if worker is not None and await anyio.to_thread.run_sync(stop_leftover, worker):
+        stop = partial(stop_host_worker, orphans_only=True)
+        if worker is not None and await anyio.to_thread.run_sync(stop, worker):
             log.warning("stopped worker %d of %s: its server is gone", worker.pid, contract_id)
         beat = await anyio.to_thread.run_sync(_last_heartbeat, contract_id)
         if instance_id is None:
@@ -378,9 +440,24 @@ class LocalProvider:
         )
 
     async def destroy(self, instance_id: str) -> None:
+        """Stop the instance's worker: one this provider started, or one that another server process
+        started on these slots."""
         worker = self._workers.pop(instance_id, None)
         if worker is not None:
             await stop_worker(worker.process)
+            return
+        pid = _pid_in(instance_id)
+        other = await anyio.to_thread.run_sync(inspect_worker, pid) if pid is not None else None
+        if other is None or other.contract_id is None or other.slot != self._slot(_offer_in(instance_id)):
+            return  # gone already, or not a worker of these slots
+        if await anyio.to_thread.run_sync(partial(stop_host_worker, other, orphans_only=False)):
+            log.info(
+                "stopped worker %d of %s (server %s started it)",
+                other.pid,
+                other.contract_id,
+                other.started_by,
+            )
+            await anyio.to_thread.run_sync(_remove_workdirs, other.contract_id)
 
     @property
     def holds_workers(self) -> bool:
