@@ -24,7 +24,17 @@ from aiserve_mcp.gpu.contracts import ACTIVE
 from aiserve_mcp.gpu.settlement import Settlement
 from aiserve_mcp.money.guardrails import grant_scope
 from aiserve_mcp.money.tables import LedgerHold
-from tests.conftest import REDIS_URL, Account, app_client, asgi_client, funded, running, serve, sign_up
+from tests.conftest import (
+    LOCAL_REDIS_URL,
+    REDIS_URL,
+    Account,
+    app_client,
+    asgi_client,
+    funded,
+    running,
+    serve,
+    sign_up,
+)
 from tests.fakes.ionet_api.server import API, ionet_app
 from tests.fakes.ionet_api.state import IoNetState
 from tests.fakes.vastai_server import API_KEY, VastAiState, make_offers, vastai_app
@@ -448,15 +458,21 @@ async def test_a_renewal_taken_by_another_process_is_not_charged_again(
     assert await holds(services, contract_id) == [("settled", Decimal("0.80")), ("open", Decimal("0.80"))]
 
 
-@pytest.mark.skipif(REDIS_URL is None, reason="server processes take turns through Redis")
 async def test_racing_expiry_passes_renew_and_destroy_each_contract_once(
-    market: Market, market_app: Starlette, other_process: Services, http: httpx.AsyncClient, owner: Account
+    market: Market, market_app: Starlette, http: httpx.AsyncClient, owner: Account
 ) -> None:
     services: Services = market_app.state.services
     ending = await rent_due(http, owner, services, 101, renew=False)
     renewing = await rent_due(http, owner, services, 102, renew=True)
     due = await services.market.contracts.owned(owner.user_id, renewing)
-    passes = await asyncio.gather(services.market.expire_due(), other_process.market.expire_due())
+    # Two server processes on this database take turns through Redis (on the SQLite run too).
+    shared = market.settings.model_copy(update={"redis_url": REDIS_URL or LOCAL_REDIS_URL})
+    first, second = Services.create(shared), Services.create(shared)
+    try:
+        passes = await asyncio.gather(first.market.expire_due(), second.market.expire_due())
+    finally:
+        await first.close()
+        await second.close()
     assert sorted(passes) == [0, 1]
     ended = await services.market.contracts.owned(owner.user_id, ending)
     assert ended.status == "destroyed" and market.vast.destroyed == [int(ended.instance_id or 0)]
