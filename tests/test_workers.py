@@ -56,6 +56,15 @@ def server_process(pid: int) -> bool:
         return False
 
 
+async def all_gone(pids: list[int]) -> bool:
+    """Whether every one of ``pids`` has stopped within 20 s."""
+    for _ in range(200):
+        if not any(alive(pid) for pid in pids):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 def children(pid: int) -> list[int]:
     found = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in found.read_text().split()] if found.exists() else []
@@ -108,6 +117,11 @@ async def events(url: str, key: str, *streams: str) -> AsyncIterator[ClientConne
     async with connect(ws_url, additional_headers={"X-API-Key": key}, proxy=None) as ws:
         for stream in streams:
             await ws.send(json.dumps({"type": "subscribe", "stream": stream}))
+            while json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S)) != {
+                "type": "subscribed",
+                "stream": stream,
+            }:
+                pass  # an event of a stream subscribed to before
         yield ws
 
 
@@ -178,7 +192,7 @@ async def test_two_processes_share_state_models_and_mcp_sessions(
         await legacy_sse_across_processes(url, http, key)
 
     assert supervisor.returncode == 0
-    assert not any(alive(pid) for pid in processes)
+    assert await all_gone(processes)
 
 
 async def model_served_by_both(
@@ -273,11 +287,7 @@ async def test_stopping_or_killing_the_supervisor_stops_every_process_and_worker
         processes = children(supervisor.pid)
         supervisor.kill()  # no chance to stop anything itself: the kernel tells its processes
         await asyncio.to_thread(supervisor.wait, 10)
-        for _ in range(200):
-            if not any(alive(pid) for pid in [*processes, worker_pid]):
-                break
-            await asyncio.sleep(0.1)
-    assert not any(alive(pid) for pid in [*processes, worker_pid])
+        assert await all_gone([*processes, worker_pid])
 
 
 async def legacy_sse_across_processes(url: str, http: httpx.AsyncClient, key: str) -> None:
