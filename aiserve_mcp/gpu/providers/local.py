@@ -22,12 +22,9 @@ import hashlib
 import logging
 import os
 import platform
-import select
 import shutil
-import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,21 +48,20 @@ from aiserve_mcp.gpu.providers.base import (
     Rental,
     RentRequest,
 )
-from aiserve_mcp.worker.launch import (
-    CONTRACT_ENV,
-    PARENT_PID_ENV,
-    SLOT_ENV,
-    contract_workdirs,
-    start_worker,
-    stop_worker,
+from aiserve_mcp.gpu.providers.host_workers import (
+    find_worker,
+    host_workers,
+    inspect_worker,
+    last_heartbeat,
+    remove_workdirs,
+    stop_host_worker,
 )
+from aiserve_mcp.worker.launch import start_worker, stop_worker
 
 log = logging.getLogger(__name__)
 
 LOCATION = "local"
-PROC: Final = Path("/proc")
 RENT_GRACE_S: Final = 300.0  # a contract with no worker yet may be in the middle of a rent this long
-STOP_GRACE_S: Final = 5.0  # a leftover worker gets this long after SIGTERM before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -84,134 +80,12 @@ class _Worker:
 
 
 @dataclass(frozen=True)
-class HostWorker:
-    """An ``aiserve worker`` process on this host, as ``/proc`` shows it."""
-
-    pid: int
-    contract_id: str | None  # the contract it was started for (its environment says), if any
-    slot: str | None  # the slot it occupies (its environment says), if any
-    started_by: int | None  # the pid of the server that started it (its environment says)
-    parent: int  # its parent now
-
-    @property
-    def orphaned(self) -> bool:
-        """Its server is gone: it was adopted by another process (it stops by itself within seconds)."""
-        return self.started_by is None or self.parent != self.started_by
-
-
-@dataclass(frozen=True)
 class Ending:
     """How a contract whose worker no live server holds ends: its status, why, and when it stopped."""
 
     status: InstanceStatus
     message: str
     at: datetime
-
-
-def _is_worker(cmdline: list[bytes]) -> bool:
-    """``python -m aiserve_mcp worker ...``, as :func:`aiserve_mcp.worker.launch.start_worker` runs it."""
-    return cmdline[1:4] == [b"-m", b"aiserve_mcp", b"worker"]
-
-
-def inspect_worker(pid: int) -> HostWorker | None:
-    """The ``aiserve worker`` running as ``pid`` on this host; None when there is no such process, it is
-    something else (a pid reused by another program), it has exited, or ``/proc`` cannot tell (another
-    user's process, a system without ``/proc``)."""
-    base = PROC / str(pid)
-    try:
-        cmdline = (base / "cmdline").read_bytes().split(b"\0")
-        if not _is_worker(cmdline):
-            return None
-        stat = (base / "stat").read_text()
-        fields = stat[stat.rfind(")") + 2 :].split()
-        environ = dict(
-            item.split(b"=", 1) for item in (base / "environ").read_bytes().split(b"\0") if b"=" in item
-        )
-    except (OSError, ValueError):
-        return None
-    if fields[0] in ("Z", "X"):  # exited, waiting to be collected
-        return None
-    contract = environ.get(CONTRACT_ENV.encode())
-    slot = environ.get(SLOT_ENV.encode())
-    started_by = environ.get(PARENT_PID_ENV.encode(), b"")
-    return HostWorker(
-        pid,
-        contract.decode(errors="replace") if contract else None,
-        slot.decode(errors="replace") if slot else None,
-        int(started_by) if started_by.isdigit() else None,
-        int(fields[1]),
-    )
-
-
-def host_workers() -> Iterator[HostWorker]:
-    """Every ``aiserve worker`` running on this host, as ``/proc`` shows them (none without it)."""
-    try:
-        pids = [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
-    except OSError:
-        return
-    yield from (w for w in map(inspect_worker, pids) if w is not None)
-
-
-def find_worker(contract_id: str, pid: int | None) -> HostWorker | None:
-    """The worker of ``contract_id`` on this host: the process ``pid`` when it is known (the instance id
-    names it), else any ``aiserve worker`` whose environment names the contract."""
-    if pid is not None:
-        found = inspect_worker(pid)
-        return found if found is not None and found.contract_id == contract_id else None
-    return next((w for w in host_workers() if w.contract_id == contract_id), None)
-
-
-def _alive(pidfd: int | None, pid: int) -> bool:
-    if pidfd is not None:
-        return not select.select([pidfd], [], [], 0)[0]
-    return inspect_worker(pid) is not None
-
-
-def _wait_gone(pidfd: int | None, pid: int, timeout_s: float) -> bool:
-    if pidfd is not None:
-        return bool(select.select([pidfd], [], [], timeout_s)[0])
-    deadline = time.monotonic() + timeout_s
-    while inspect_worker(pid) is not None:
-        if time.monotonic() > deadline:
-            return False
-        select.select([], [], [], 0.05)
-    return True
-
-
-def stop_host_worker(worker: HostWorker, *, orphans_only: bool, grace_s: float = STOP_GRACE_S) -> bool:
-    """Stop ``worker`` (SIGTERM, then SIGKILL after ``grace_s``) if it is still the worker of the same
-    contract and slot (and, with ``orphans_only``, still orphaned); blocking. The process is pinned with a
-    pidfd where the system has them, so that a pid reused in the meantime is never signalled. Returns
-    whether it was stopped here."""
-    try:
-        pidfd: int | None = os.pidfd_open(worker.pid) if hasattr(os, "pidfd_open") else None
-    except ProcessLookupError:
-        return False
-    except OSError:
-        pidfd = None
-    try:
-        again = inspect_worker(worker.pid)  # read after pinning: the process the pidfd refers to
-        same = again is not None and (again.contract_id, again.slot) == (worker.contract_id, worker.slot)
-        if again is None or not same or (orphans_only and not again.orphaned):
-            return False
-
-        def send(sig: signal.Signals) -> None:
-            if pidfd is not None:
-                signal.pidfd_send_signal(pidfd, sig)
-            else:
-                os.kill(worker.pid, sig)
-
-        try:
-            send(signal.SIGTERM)
-            if not _wait_gone(pidfd, worker.pid, grace_s) and _alive(pidfd, worker.pid):
-                send(signal.SIGKILL)
-                _wait_gone(pidfd, worker.pid, grace_s)
-        except ProcessLookupError:
-            pass
-        return True
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
 
 
 def _pid_in(instance_id: str | None) -> int | None:
@@ -223,24 +97,6 @@ def _pid_in(instance_id: str | None) -> int | None:
 def _offer_in(instance_id: str) -> str:
     """The offer (slot) in a local instance id."""
     return instance_id.rsplit("-", 1)[0]
-
-
-def _last_heartbeat(contract_id: str) -> datetime | None:
-    """When the worker of ``contract_id`` last touched its working directory, which is then removed."""
-    latest = None
-    for workdir in contract_workdirs(contract_id):
-        try:
-            beat = datetime.fromtimestamp(workdir.stat().st_mtime, UTC)
-        except OSError:
-            continue
-        latest = beat if latest is None else max(latest, beat)
-    _remove_workdirs(contract_id)
-    return latest
-
-
-def _remove_workdirs(contract_id: str) -> None:
-    for workdir in contract_workdirs(contract_id):
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _nvidia_smi() -> list[Accelerator]:
@@ -429,7 +285,7 @@ class LocalProvider:
         stop = partial(stop_host_worker, orphans_only=True)
         if worker is not None and await anyio.to_thread.run_sync(stop, worker):
             log.warning("stopped worker %d of %s: its server is gone", worker.pid, contract_id)
-        beat = await anyio.to_thread.run_sync(_last_heartbeat, contract_id)
+        beat = await anyio.to_thread.run_sync(last_heartbeat, contract_id)
         if instance_id is None:
             return Ending("failed", "the server stopped before this worker started; nothing is charged", now)
         stopped_at = now if worker is not None or beat is None else min(now, max(beat, period_start))
@@ -457,7 +313,7 @@ class LocalProvider:
                 other.contract_id,
                 other.started_by,
             )
-            await anyio.to_thread.run_sync(_remove_workdirs, other.contract_id)
+            await anyio.to_thread.run_sync(remove_workdirs, other.contract_id)
 
     @property
     def holds_workers(self) -> bool:
