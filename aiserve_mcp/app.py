@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, group: ProcessGroup | None = No
         try:
             async with mcp_http.running(), anyio.create_task_group() as background:
                 background.start_soon(services.market.expire_forever, settings.expiry_check_interval_s)
+                background.start_soon(services.model_host.follow_readiness)
                 background.start_soon(
                     publish_forever,
                     services.events,

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -125,13 +125,16 @@ async def events(url: str, key: str, *streams: str) -> AsyncIterator[ClientConne
         yield ws
 
 
-async def pids_seen(ws: ClientConnection, event: str, count: int) -> set[int]:
-    """The pids named by ``event`` events until ``count`` different ones were seen."""
+async def pids_seen(
+    ws: ClientConnection, event: str, count: int, where: Callable[[dict[str, Any]], bool] = bool
+) -> set[int]:
+    """The pids named by ``event`` events (whose data satisfy ``where``) until ``count`` were seen."""
     pids: set[int] = set()
-    while len(pids) < count:
-        message = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
-        if message.get("type") == "event" and message.get("event") == event:
-            pids.add(message["data"]["pid"])
+    async with asyncio.timeout(2 * TIMEOUT_S):
+        while len(pids) < count:
+            message = json.loads(await ws.recv())
+            if message.get("type") == "event" and message.get("event") == event and where(message["data"]):
+                pids.add(message["data"]["pid"])
     return pids
 
 
@@ -198,11 +201,14 @@ async def test_two_processes_share_state_models_and_mcp_sessions(
 async def model_served_by_both(
     url: str, one: httpx.AsyncClient, http: httpx.AsyncClient, owner: Account, key: str
 ) -> None:
-    """A model uploaded through one process serves from both as soon as it is ready."""
-    uploaded = await upload(one, owner, mlp_bytes(), name="mlp")
-    assert uploaded.status_code == 201, uploaded.text
-    model_id = uploaded.json()["model_id"]
-    assert (await until_settled(one, owner, model_id))["status"] == "ready"
+    """A model uploaded through one process is loaded by both as soon as it is ready, and serves from
+    both."""
+    async with events(url, key, "metrics") as ws:
+        uploaded = await upload(one, owner, mlp_bytes(), name="mlp")
+        assert uploaded.status_code == 201, uploaded.text
+        model_id = uploaded.json()["model_id"]
+        assert (await until_settled(one, owner, model_id))["status"] == "ready"
+        assert len(await pids_seen(ws, "metrics.snapshot", 2, lambda d: d["models_loaded"] == 1)) == 2
     body = {"inputs": {"input": [[0.1, 0.2, 0.3, 0.4]]}}
     async with events(url, key, "models") as ws:
         outputs = []

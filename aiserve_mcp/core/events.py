@@ -60,15 +60,18 @@ class Event:
 
 
 class Subscription:
-    """Events for one user on some streams, in the order they were published."""
+    """Events for one user (``None``: every user's, for the server's own listeners) on some streams, in
+    the order they were published."""
 
-    def __init__(self, user_id: str, streams: frozenset[str]) -> None:
+    def __init__(self, user_id: str | None, streams: frozenset[str]) -> None:
         self.user_id = user_id
         self.streams = streams
         self._queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
 
     def wants(self, event: Event) -> bool:
-        return event.stream in self.streams and event.user_id in (None, self.user_id)
+        return event.stream in self.streams and (
+            self.user_id is None or event.user_id in (None, self.user_id)
+        )
 
     def offer(self, event: Event) -> None:
         if self._queue.full():  # a slow subscriber loses its oldest event, never blocks the publisher
@@ -91,7 +94,7 @@ class EventBus(Protocol):
         """Best effort: never raises (the action that caused the event already happened)."""
         ...
 
-    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription: ...
+    def subscribe(self, user_id: str | None, streams: frozenset[str]) -> Subscription: ...
 
     async def ready(self) -> None:
         """Wait until events published by any process reach this process's subscribers."""
@@ -116,7 +119,7 @@ class MemoryEventBus:
     async def publish(self, event: Event) -> None:
         self.deliver(event)
 
-    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription:
+    def subscribe(self, user_id: str | None, streams: frozenset[str]) -> Subscription:
         subscription = Subscription(user_id, streams)
         self._subscriptions.add(subscription)
         return subscription
@@ -156,7 +159,7 @@ class RedisEventBus:
             )
             self._local.deliver(event)  # the listener is cut off too, so nobody receives it twice
 
-    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription:
+    def subscribe(self, user_id: str | None, streams: frozenset[str]) -> Subscription:
         if self._listener is None or self._listener.done():
             self._listening.clear()
             self._listener = asyncio.get_running_loop().create_task(self._listen())

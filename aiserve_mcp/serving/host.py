@@ -256,6 +256,23 @@ class ModelHost:
         data = {"model_id": model.id, "total": metrics.requests, "errors": metrics.errors, "pid": os.getpid()}
         self._spawn(self._events.publish(Event("models", "model.predictions", data, model.user_id)))
 
+    async def follow_readiness(self) -> None:
+        """Load every model that becomes ``ready`` (a ``model.status`` event, from any process) here too,
+        so that each process of ``serve --workers`` serves it warm; runs until cancelled."""
+        subscription = self._events.subscribe(None, frozenset({"models"}))
+        try:
+            async for event in subscription:
+                if event.type == "model.status" and event.data.get("status") == "ready" and event.user_id:
+                    self._spawn(self._warm(event.user_id, str(event.data["model_id"])))
+        finally:
+            self._events.unsubscribe(subscription)
+
+    async def _warm(self, user_id: str, model_id: str) -> None:
+        try:
+            await self._deployment(await self._store.owned(user_id, model_id))
+        except Exception as exc:  # its first prediction here loads it, or says why it cannot
+            log.info("model %s not loaded ahead of its predictions: %s", model_id, exc)
+
     async def _load_in_background(self, model: ServedModel) -> None:
         try:
             deployment = await self._deployment(model)

@@ -169,7 +169,7 @@ class _Tapped:
         if event.stream == STREAM and event.type == REQUESTED and event.user_id is not None:
             self._webhooks.approval_requested(event.user_id, event.data)
 
-    def subscribe(self, user_id: str, streams: frozenset[str]) -> Subscription:
+    def subscribe(self, user_id: str | None, streams: frozenset[str]) -> Subscription:
         return self._bus.subscribe(user_id, streams)
 
     async def ready(self) -> None:
