@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Message, Receive
 
 from aiserve_mcp.console.web import (
     CONSOLE,
@@ -34,7 +33,7 @@ from aiserve_mcp.console.web import (
 )
 from aiserve_mcp.core.errors import AiserveError, PayloadTooLarge, ValidationFailed, kind_of
 from aiserve_mcp.core.principal import Principal
-from aiserve_mcp.protocols.prelude import services_of, tool_context
+from aiserve_mcp.protocols.prelude import limited_receive, services_of, tool_context
 from aiserve_mcp.tools import REGISTRY
 from aiserve_mcp.tools.models import MetricsOutput, ModelDetails, ModelList, QuotaOutput
 from aiserve_mcp.tools.registry import Surface
@@ -134,22 +133,6 @@ async def models_page(request: Request) -> Response:
     return await _list_page(request, principal, {"notice": notice})
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    """``receive`` refusing a body past ``limit`` bytes (``PayloadTooLarge``) as it arrives."""
-    seen = 0
-
-    async def limited() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLarge(f"the upload is larger than this server accepts ({size(limit)})")
-        return message
-
-    return limited
-
-
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK_BYTES):
         yield chunk
@@ -169,12 +152,13 @@ async def upload(request: Request) -> Response:
     to its page."""
     principal = await person(request)
     limit = services_of(request.scope).settings.model_max_file_bytes + FORM_OVERHEAD_BYTES
-    body = Request(request.scope, _limited(request.receive, limit))
+    too_large = f"the upload is larger than this server accepts ({size(limit)})"
+    body = Request(request.scope, limited_receive(request.receive, limit, too_large))
     try:
         REGISTRY.get("upload_model").authorize(principal)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the upload is larger than this server accepts ({size(limit)})")
+            raise PayloadTooLarge(too_large)
         form = await checked_form(body)
         file = form.get("model")
         if not isinstance(file, UploadFile) or not file.filename:

@@ -98,6 +98,23 @@ async def read_json_object(request: Request, limit: int, required: bool = True) 
     return data
 
 
+def limited_receive(receive: Receive, limit: int, refusal: str) -> Receive:
+    """``receive`` that raises ``PayloadTooLarge(refusal)`` as soon as the body passes ``limit`` bytes, for
+    parsers that read the body themselves (multipart forms)."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise PayloadTooLarge(refusal)
+        return message
+
+    return limited
+
+
 def replay_body(body: bytes, receive: Receive) -> Receive:
     """``receive`` for a request whose body was read already: the body, then the client's own messages
     (disconnects, which end streamed answers)."""

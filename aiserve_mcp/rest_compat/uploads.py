@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -10,8 +10,14 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aiserve_mcp.core.errors import AiserveError, PayloadTooLarge, ValidationFailed
-from aiserve_mcp.protocols.prelude import error_response, principal_of, services_of, tool_context
+from aiserve_mcp.core.errors import AiserveError, ValidationFailed
+from aiserve_mcp.protocols.prelude import (
+    error_response,
+    limited_receive,
+    principal_of,
+    services_of,
+    tool_context,
+)
 from aiserve_mcp.tools.registry import Surface, authorize
 from aiserve_mcp.tools.runner import validation_details
 from aiserve_mcp.tools.uploads import UploadFields, store_model
@@ -21,15 +27,6 @@ SCOPE = "models:write"
 FORM_OVERHEAD_BYTES = 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 MULTIPART_ONLY = "send the model as multipart/form-data with the file in the 'model' field"
-
-
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
-        yield chunk
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -44,7 +41,10 @@ async def model_upload(request: Request) -> Response:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ValidationFailed(MULTIPART_ONLY)
         limit = services_of(request.scope).settings.model_max_file_bytes + FORM_OVERHEAD_BYTES
-        parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=10)
+        body = Request(
+            request.scope, limited_receive(request.receive, limit, f"the upload is larger than {limit} bytes")
+        )
+        parser = MultiPartParser(request.headers, body.stream(), max_files=1, max_fields=10)
         try:
             form = await parser.parse()
         except MultiPartException as exc:
