@@ -67,11 +67,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _serve_many(settings: Settings) -> None:
-    from aiserve_mcp.supervisor import Supervisor, shared_state_missing
+    from aiserve_mcp.supervisor import Supervisor, several_refused
 
-    missing = shared_state_missing(settings)
-    if missing is not None:
-        raise SystemExit(f"error: --workers {settings.workers}: {missing}")
+    refused = several_refused(settings)
+    if refused is not None:
+        raise SystemExit(f"error: --workers {settings.workers}: {refused}")
     services = Services.create(settings)  # for the banner: nothing connects
     print(banner(settings, services), file=sys.stderr, flush=True)
     asyncio.run(services.close())

@@ -55,8 +55,13 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("mcp.server.streamable_http_manager").setLevel(logging.WARNING)
 
 
-def shared_state_missing(settings: Settings) -> str | None:
+def several_refused(settings: Settings) -> str | None:
     """Why ``settings`` cannot serve from several processes, or None when they can."""
+    if settings.billing_sandbox and settings.stripe_api_key is None:
+        return (
+            "the payment sandbox (AISERVE_BILLING_SANDBOX) keeps its checkout sessions and charges in the "
+            "process that made them; serve it with --workers 1, or set AISERVE_STRIPE_API_KEY"
+        )
     missing = []
     if make_url(settings.effective_database_url).get_backend_name() != "postgresql":
         missing.append("AISERVE_DATABASE_URL to a PostgreSQL database (postgresql+asyncpg://...)")

@@ -148,9 +148,8 @@ async def rpc(
     return await http.post(f"{url}/api/v1/mcp", json=message, headers=headers)
 
 
-async def test_several_processes_need_postgresql_and_redis(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
-    env["AISERVE_DATA_DIR"] = str(tmp_path)
+async def refused_start(env: dict[str, str]) -> str:
+    """What ``aiserve serve --workers 2`` says when it refuses to start (it must)."""
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "aiserve_mcp", "serve", "--port", str(free_port()), "--workers", "2"],
@@ -159,9 +158,20 @@ async def test_several_processes_need_postgresql_and_redis(tmp_path: Path) -> No
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0
-    assert "AISERVE_DATABASE_URL" in done.stderr and "AISERVE_REDIS_URL" in done.stderr, done.stderr
+    assert done.returncode != 0, done.stderr
+    return done.stderr
+
+
+async def test_several_processes_need_postgresql_and_redis_and_no_sandbox(
+    tmp_path: Path, workers_env: dict[str, str]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
+    env["AISERVE_DATA_DIR"] = str(tmp_path)
+    said = await refused_start(env)
+    assert "AISERVE_DATABASE_URL" in said and "AISERVE_REDIS_URL" in said, said
     assert not (tmp_path / "aiserve.db").exists()  # refused before touching anything
+    said = await refused_start({**workers_env, "AISERVE_BILLING_SANDBOX": "true"})
+    assert "AISERVE_BILLING_SANDBOX" in said and "--workers 1" in said, said
 
 
 async def test_two_processes_share_state_models_and_mcp_sessions(
