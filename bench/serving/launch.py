@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from bench.serving.stacks import AISERVE_STACKS, REPO
+from bench.serving.stacks import AISERVE_STACKS, REPO, AiserveStack
 
 PASSWORD = "bench-serving-password"  # noqa: S105 (a throwaway account)
 
@@ -29,8 +29,16 @@ def free_port() -> int:
         return port
 
 
-def stop(proc: subprocess.Popen[bytes], bp: Any) -> None:
-    """SIGTERM the session we started and every process of its tree, then SIGKILL stragglers (by pid)."""
+def stop(launched: Launched, bp: Any) -> None:
+    """SIGTERM the session we started and every process of its tree, then SIGKILL stragglers (by pid);
+    drop the server's database, if it had one."""
+    if launched.proc is not None:
+        kill_tree(launched.proc, bp)
+    if launched.database is not None:
+        drop_database(launched.database)
+
+
+def kill_tree(proc: subprocess.Popen[bytes], bp: Any) -> None:
     pids: list[int] = bp.tree_pids(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -57,12 +65,18 @@ def post(url: str, data: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
 
 
 class Launched:
-    """A started server: process, predict URL, body file, extra headers, startup seconds and sample answer."""
+    """A started server (``proc`` ``None`` when it could not be started): process, predict URL, body file,
+    extra headers, the CPUs for the load, startup seconds and sample answer; for aiserve its base URL, model
+    id and PostgreSQL database (if any)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | None, log: Path) -> None:
         self.proc = proc
         self.log = log
+        self.base = ""
         self.url = ""
+        self.model_id = ""
+        self.load_cpus = "1"
+        self.database: str | None = None
         self.body = ""
         self.headers: dict[str, str] = {}
         self.metrics_url: str | None = None
@@ -103,36 +117,87 @@ def start_peer(
     return launched
 
 
-def start_aiserve(name: str, run_dir: Path, model_path: str, body_file: str, timeout: int) -> Launched:
-    """``aiserve serve`` on CPU 0; sign up, API key, upload, wait for ``ready``, check one prediction."""
-    port = free_port()
-    data_dir = Path(tempfile.mkdtemp(prefix=f"{name}_data_", dir=run_dir))
+def serve_help() -> str:
+    """``aiserve serve --help`` of the code under test (to see which flags this branch has)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "aiserve_mcp", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    return done.stdout + done.stderr
+
+
+def fresh_database(name: str) -> str:
+    """A new PostgreSQL database on 127.0.0.1 (role ``postgres``) for one server; its name."""
+    database = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True)  # noqa: S603,S607
+    return database
+
+
+def drop_database(database: str) -> None:
+    subprocess.run(  # noqa: S603
+        ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", database],  # noqa: S607
+        check=False,
+        capture_output=True,
+    )
+
+
+def aiserve_env(stack: AiserveStack, data_dir: Path, database: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
     env.update(
+        PYTHONPATH=str(REPO),
         AISERVE_DATA_DIR=str(data_dir),
         AISERVE_MODEL_THREADS="1",
         AISERVE_RATE_LIMIT="100000000",
-        AISERVE_MODEL_MAX_BATCH=str(AISERVE_STACKS[name]),
+        AISERVE_MODEL_MAX_BATCH=str(stack.max_batch),
         AISERVE_LOG_LEVEL="WARNING",
     )
-    executable = REPO / ".venv" / "bin" / "aiserve"
-    command = str(executable) if executable.exists() else (shutil.which("aiserve") or "aiserve")
+    if database is not None:
+        env.update(
+            AISERVE_DATABASE_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+            AISERVE_REDIS_URL="redis://127.0.0.1:6379/0",
+            AISERVE_REDIS_PREFIX=f"{database}:",
+        )
+    return env
+
+
+def start_aiserve(
+    name: str, run_dir: Path, model_path: str, body_file: str, timeout: int, model_name: str = "mlp"
+) -> Launched:
+    """``aiserve serve`` of this checkout pinned as ``AISERVE_STACKS[name]`` says; sign up, API key, upload
+    the model as ``model_name``, wait for ``ready``, check one prediction with ``body_file`` (none when
+    empty)."""
+    stack = AISERVE_STACKS[name]
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"{name}_data_", dir=run_dir))
     log = run_dir / f"{name}.log"
+    command = ["taskset", "-c", stack.server_cpus, sys.executable, "-m", "aiserve_mcp", "serve"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    if stack.workers > 1:
+        if "--workers" not in serve_help():
+            launched = Launched(None, log)
+            launched.error = "needs `aiserve serve --workers`, which this branch does not have"
+            return launched
+        command += ["--workers", str(stack.workers)]
+    database = fresh_database(name) if stack.shared_state else None
     started = time.time()
     with open(log, "w") as out:
         proc = subprocess.Popen(  # noqa: S603
-            ["taskset", "-c", "0", command, "serve", "--host", "127.0.0.1", "--port", str(port)],  # noqa: S607
+            command,
             cwd=run_dir,
-            env=env,
+            env=aiserve_env(stack, data_dir, database),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     launched = Launched(proc, log)
+    launched.database, launched.load_cpus = database, stack.load_cpus
     launched.body = body_file
-    base = f"http://127.0.0.1:{port}"
+    launched.base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=30) as http:
+        with httpx.Client(base_url=launched.base, timeout=30) as http:
             while True:
                 if proc.poll() is not None or time.time() - started > timeout:
                     raise RuntimeError(f"server not up (exit code {proc.poll()}); see log {log}")
@@ -141,46 +206,53 @@ def start_aiserve(name: str, run_dir: Path, model_path: str, body_file: str, tim
                         break
                 except httpx.TransportError:
                     time.sleep(0.1)
-            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-            answer = http.post(
-                "/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "B"}
-            )
-            if answer.status_code != 201:
-                raise RuntimeError(f"register: {answer.status_code} {answer.text[:200]}")
-            answer = http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
-            if answer.status_code != 200:
-                raise RuntimeError(f"login: {answer.status_code} {answer.text[:200]}")
-            bearer = {"Authorization": f"Bearer {answer.json()['tokens']['access_token']}"}
-            answer = http.post("/api/v1/auth/apikey", json={"name": "bench"}, headers=bearer)
-            if answer.status_code != 201:
-                raise RuntimeError(f"API key: {answer.status_code} {answer.text[:200]}")
-            launched.headers = {"X-API-Key": answer.json()["api_key"]}
-            with open(model_path, "rb") as model_file:
+            provision(http, launched, model_path, model_name, started + timeout)
+            launched.url = f"{launched.base}/api/v1/models/{launched.model_id}/predict"
+            if body_file:
                 answer = http.post(
-                    "/api/v1/models/upload",
-                    files={"model": ("mlp.onnx", model_file, "application/octet-stream")},
-                    data={"name": "mlp"},
-                    headers=bearer,
+                    launched.url,
+                    content=Path(body_file).read_bytes(),
+                    headers={"Content-Type": "application/json", **launched.headers},
                 )
-            if answer.status_code != 201:
-                raise RuntimeError(f"upload: {answer.status_code} {answer.text[:200]}")
-            model_id = answer.json()["model_id"]
-            status = "loading"
-            while status == "loading" and time.time() - started < timeout:
-                time.sleep(0.05)
-                status = http.get(f"/api/v1/models/{model_id}", headers=launched.headers).json()["status"]
-            if status != "ready":
-                raise RuntimeError(f"model status {status!r}")
-            launched.url = f"{base}/api/v1/models/{model_id}/predict"
-            answer = http.post(
-                launched.url,
-                content=Path(body_file).read_bytes(),
-                headers={"Content-Type": "application/json", **launched.headers},
-            )
-            if answer.status_code != 200 or "outputs" not in answer.json():
-                raise RuntimeError(f"sample predict: {answer.status_code} {answer.text[:200]}")
+                if answer.status_code != 200 or "outputs" not in answer.json():
+                    raise RuntimeError(f"sample predict: {answer.status_code} {answer.text[:200]}")
+                launched.sample = answer.text[:160]
             launched.startup_s = round(time.time() - started, 2)
-            launched.sample = answer.text[:160]
     except Exception as exc:  # a row with the error, not a crash
         launched.error = f"{type(exc).__name__}: {exc}"
     return launched
+
+
+def provision(
+    http: httpx.Client, launched: Launched, model_path: str, model_name: str, deadline: float
+) -> None:
+    """A new account with an API key (into ``launched.headers``) owning the model, ready (its id into
+    ``launched.model_id``)."""
+    email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+    answer = http.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "B"})
+    if answer.status_code != 201:
+        raise RuntimeError(f"register: {answer.status_code} {answer.text[:200]}")
+    answer = http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    if answer.status_code != 200:
+        raise RuntimeError(f"login: {answer.status_code} {answer.text[:200]}")
+    bearer = {"Authorization": f"Bearer {answer.json()['tokens']['access_token']}"}
+    answer = http.post("/api/v1/auth/apikey", json={"name": "bench"}, headers=bearer)
+    if answer.status_code != 201:
+        raise RuntimeError(f"API key: {answer.status_code} {answer.text[:200]}")
+    launched.headers = {"X-API-Key": answer.json()["api_key"]}
+    with open(model_path, "rb") as model_file:
+        answer = http.post(
+            "/api/v1/models/upload",
+            files={"model": (f"{model_name}.onnx", model_file, "application/octet-stream")},
+            data={"name": model_name},
+            headers=bearer,
+        )
+    if answer.status_code != 201:
+        raise RuntimeError(f"upload: {answer.status_code} {answer.text[:200]}")
+    launched.model_id = answer.json()["model_id"]
+    status = "loading"
+    while status == "loading" and time.time() < deadline:
+        time.sleep(0.05)
+        status = http.get(f"/api/v1/models/{launched.model_id}", headers=launched.headers).json()["status"]
+    if status != "ready":
+        raise RuntimeError(f"model status {status!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import urllib.request
@@ -54,11 +55,18 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
 
 
 def hey(
-    url: str, body_file: str, conc: int, duration: int, headers: dict[str, str], bp: Any
+    url: str,
+    body_file: str,
+    conc: int,
+    duration: int,
+    headers: dict[str, str],
+    bp: Any,
+    cpus: str = "1",
+    content_type: str = "application/json",
 ) -> dict[str, Any]:
-    """hey pinned to CPU 1 as the kit runs it, plus extra headers; the kit's parse and the run's length."""
-    cmd = ["taskset", "-c", "1", "hey", "-z", f"{duration}s", "-c", str(conc), "-m", "POST"]
-    cmd += ["-T", "application/json", "-D", body_file]
+    """hey pinned to ``cpus`` as the kit runs it, plus extra headers; the kit's parse and the run's length."""
+    cmd = ["taskset", "-c", cpus, "hey", "-z", f"{duration}s", "-c", str(conc), "-m", "POST"]
+    cmd += ["-T", content_type, "-D", body_file]
     for name, value in headers.items():
         cmd += ["-H", f"{name}: {value}"]
     done = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)  # noqa: S603
@@ -83,45 +91,91 @@ def floor_us(model_path: str, nfeat: int, iters: int) -> dict[str, Any]:
     return result
 
 
+def one_run(
+    launched: Launched, conc: int, duration: int, bp: Any, content_type: str = "application/json"
+) -> dict[str, Any]:
+    """One hey run at ``conc`` and what the server's process tree spent on it."""
+    assert launched.proc is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    before = cpu_ticks(bp.tree_pids(launched.proc.pid))
+    result = hey(
+        launched.url, launched.body, conc, duration, launched.headers, bp, launched.load_cpus, content_type
+    )
+    pids = bp.tree_pids(launched.proc.pid)
+    after = cpu_ticks(pids)
+    cpu_s = sum(t - before.get(p, 0) for p, t in after.items()) / tick
+    ok = result["ok"]
+    result.update(
+        ok_rps=round(ok / result["total_s"], 1),
+        cpu_s=round(cpu_s, 2),
+        cpu_us_per_req=round(cpu_s * 1e6 / ok, 1) if ok else None,
+        # closed loop: each of `conc` connections has one request in flight, so the mean round trip is
+        # conc * time / answers, exact where hey's percentiles are rounded to 0.1 ms
+        mean_rt_us=round(conc * result["total_s"] * 1e6 / max(1, ok + result["non200"]), 1),
+        rss_mb=bp.rss_mb(pids),
+        nprocs=len(pids),
+    )
+    return result
+
+
+MEDIAN_KEYS = ("ok_rps", "rps", "p50_ms", "p90_ms", "p99_ms", "cpu_us_per_req", "mean_rt_us", "rss_mb")
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each number of ``MEDIAN_KEYS`` as its median over the runs; counts summed; the runs kept."""
+    out: dict[str, Any] = {}
+    for key in MEDIAN_KEYS:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = round(statistics.median(values), 2) if values else None
+    out.update(
+        ok=sum(r["ok"] for r in runs),
+        non200=sum(r["non200"] for r in runs),
+        errors="; ".join(sorted({r["errors"] for r in runs if r["errors"]})),
+        nprocs=max(r["nprocs"] for r in runs),
+        hey_cmd=runs[0]["hey_cmd"],
+        runs=runs,
+    )
+    return out
+
+
+def repeated(
+    launched: Launched,
+    conc: int,
+    duration: int,
+    repeats: int,
+    bp: Any,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """The median of ``repeats`` runs of ``duration`` seconds at ``conc``."""
+    return median_of([one_run(launched, conc, duration, bp, content_type) for _ in range(repeats)])
+
+
 def measure(
-    launched: Launched, name: str, model: str, concs: list[int], duration: int, bp: Any
+    launched: Launched, name: str, model: str, concs: list[int], duration: int, repeats: int, bp: Any
 ) -> list[dict[str, Any]]:
+    """A row per concurrency (the median of ``repeats`` runs) after a 3 s warm-up at c=8."""
     row: dict[str, Any] = {"stack": name, "model": model, "startup_s": launched.startup_s}
     row["sample_response"] = launched.sample
     if launched.error:
         return [dict(row, error=launched.error)]
-    hey(launched.url, launched.body, 8, 3, launched.headers, bp)  # warm-up
-    tick = os.sysconf("SC_CLK_TCK")
+    hey(launched.url, launched.body, 8, 3, launched.headers, bp, launched.load_cpus)  # warm-up
     rows = []
     for conc in concs:
-        before = cpu_ticks(bp.tree_pids(launched.proc.pid))
-        result = hey(launched.url, launched.body, conc, duration, launched.headers, bp)
-        pids = bp.tree_pids(launched.proc.pid)
-        after = cpu_ticks(pids)
-        cpu_s = sum(t - before.get(p, 0) for p, t in after.items()) / tick
-        ok = result["ok"]
-        out = dict(row, conc=conc, **result)
-        out.update(
-            ok_rps=round(ok / result["total_s"], 1),
-            cpu_s=round(cpu_s, 2),
-            cpu_us_per_req=round(cpu_s * 1e6 / ok, 1) if ok else None,
-            # closed loop: each of `conc` connections has one request in flight, so the mean round trip is
-            # conc * time / answers, exact where hey's percentiles are rounded to 0.1 ms
-            mean_rt_us=round(conc * result["total_s"] * 1e6 / max(1, ok + result["non200"]), 1),
-            rss_mb=bp.rss_mb(pids),
-            nprocs=len(pids),
-        )
+        out = dict(row, conc=conc, **repeated(launched, conc, duration, repeats, bp))
         if launched.metrics_url:
-            try:
-                with urllib.request.urlopen(launched.metrics_url, timeout=3) as answer:  # noqa: S310
-                    text = answer.read().decode()
-                out["server_metrics"] = [
-                    line
-                    for line in text.splitlines()
-                    if line.startswith(("nv_inference_count", "nv_inference_exec"))
-                ]
-            except Exception as exc:
-                out["server_metrics"] = str(exc)
-        print(json.dumps({k: v for k, v in out.items() if k != "sample_response"}), flush=True)
+            out["server_metrics"] = server_metrics(launched.metrics_url)
+        print(json.dumps({k: v for k, v in out.items() if k not in ("sample_response", "runs")}), flush=True)
         rows.append(out)
     return rows
+
+
+def server_metrics(url: str) -> list[str] | str:
+    """Triton's inference and execution counts (how well its dynamic batcher coalesced)."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:  # noqa: S310 (loopback)
+            text = answer.read().decode()
+    except Exception as exc:
+        return str(exc)
+    return [
+        line for line in text.splitlines() if line.startswith(("nv_inference_count", "nv_inference_exec"))
+    ]
