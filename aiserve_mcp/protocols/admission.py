@@ -119,13 +119,20 @@ def refusal_response(scope: Scope, error: AiserveError) -> Response:
     return error_response(error, headers)
 
 
-async def admitted(scope: Scope, receive: Receive, send: Send) -> Send | None:
-    """Admit the request (``admit``): the ``send`` that reports the caller's budget in ``X-RateLimit-*``
-    headers, or ``None`` once a refusal has been answered."""
+async def admission(scope: Scope, receive: Receive, send: Send) -> Budget | None:
+    """Admit the request (``admit``): the caller's budget, or ``None`` once a refusal has been answered."""
     try:
-        budget = await admit(scope)
+        return await admit(scope)
     except AiserveError as exc:
         await refusal_response(scope, exc)(scope, receive, send)
+        return None
+
+
+async def admitted(scope: Scope, receive: Receive, send: Send) -> Send | None:
+    """Admit the request (``admission``): the ``send`` that reports the caller's budget in
+    ``X-RateLimit-*`` headers, or ``None`` once a refusal has been answered."""
+    budget = await admission(scope, receive, send)
+    if budget is None:
         return None
     return ResponseStart(send, lambda headers: headers.update(budget.headers()))
 

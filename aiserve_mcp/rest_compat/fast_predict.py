@@ -3,9 +3,10 @@
 Predictions are the platform's hottest route, and at a few microseconds of model time the cost of a
 request is the stack around it. This ASGI layer answers that one route directly, doing exactly what the
 generic path does in fewer steps: the same telemetry (:func:`measured`), the same HTTP admission
-(authentication and the rate limit, :func:`admitted`), the same tool run through :func:`call_tool`
-(authorization, input model, metrics), the same error bodies; JSON is parsed and written with orjson, and
-output arrays are written straight from numpy. Every other request passes through untouched.
+(authentication and the rate limit, :func:`admission`; its ``X-RateLimit-*`` headers are written with
+the answer's own), the same tool run through :func:`call_tool` (authorization, input model, metrics), the
+same error bodies; JSON is parsed and written with orjson, and output arrays are written straight from
+numpy. Every other request passes through untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiserve_mcp.core.errors import AiserveError, error_body, error_headers, kind_of
-from aiserve_mcp.protocols.admission import admitted, measured
+from aiserve_mcp.protocols.admission import admission, measured
 from aiserve_mcp.protocols.prelude import read_json_object, services_of, tool_context
 from aiserve_mcp.rest_compat.routes import ROUTES
 from aiserve_mcp.runtime.tensors import to_python
@@ -58,8 +59,8 @@ class PredictFastPath:
             await self.app(scope, receive, send)
             return
         with measured(scope, send, ROUTE.path) as measured_send:
-            budget_send = await admitted(scope, receive, measured_send)
-            if budget_send is None:
+            budget = await admission(scope, receive, measured_send)
+            if budget is None:
                 return
             headers = [JSON]
             try:
@@ -74,5 +75,8 @@ class PredictFastPath:
                 status = kind_of(exc).http_status
                 headers += [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
             headers.append((b"content-length", str(len(body)).encode()))
-            await budget_send({"type": "http.response.start", "status": status, "headers": headers})
-            await budget_send({"type": "http.response.body", "body": body})
+            headers += [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in budget.headers().items()
+            ]
+            await measured_send({"type": "http.response.start", "status": status, "headers": headers})
+            await measured_send({"type": "http.response.body", "body": body})
