@@ -24,10 +24,11 @@ model x concurrency:
 
 Two stacks compare 1 and 2 server processes, unpinned on both cores (server and hey each ``taskset -c
 0,1``), state in PostgreSQL (a fresh database, ``createdb -h 127.0.0.1 -U postgres``) and Redis
-(127.0.0.1:6379, a prefix of its own): ``aiserve_pg`` (one process) and ``aiserve_w2`` (``--workers 2``,
-which needs a branch with that flag; without it the row says so). Extras (``--extras``): ``mcp_rest``
-(``mcp_rest.py``: one read tool over MCP and REST on the ``aiserve`` server, first model) and
-``big_input`` (``big_input.py``: a 1 MiB tensor as JSON and as binary tensor data at ``--big-conc``).
+(127.0.0.1:6379, a prefix of its own): ``aiserve_pg`` (one process) and ``aiserve_w2`` (``--workers
+2``, which needs a checkout with that flag, see ``--aiserve-src``; without it the row says so).
+Extras (``--extras``): ``mcp_rest`` (``mcp_rest.py``: one read tool over MCP and REST on the
+``aiserve`` server, first model) and ``big_input`` (``big_input.py``: a 1 MiB tensor as JSON and as
+binary tensor data at ``--big-conc``).
 
 Then issue 16's targets are checked (pass / fail) and everything is written to ``--out`` (JSON).
 A stack that does not start is a row with its error (its log is in the run directory).
@@ -72,6 +73,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--conc", default="1,32")
     parser.add_argument("--extras", default="mcp_rest,big_input", help="from mcp_rest,big_input")
     parser.add_argument("--big-conc", default="1,4", help="concurrencies of the 1 MiB input row")
+    parser.add_argument(
+        "--aiserve-src",
+        type=Path,
+        default=REPO,
+        help="the checkout whose aiserve_mcp the aiserve stacks run (default: this one)",
+    )
     parser.add_argument("--startup-timeout", type=int, default=180)
     parser.add_argument("--floor-iters", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=None, help="results JSON (default: a temporary file)")
@@ -137,7 +144,12 @@ def main() -> None:
         for name in only:
             if name in AISERVE_STACKS:
                 launched = start_aiserve(
-                    name, run_dir, model_path, body_files["platform"], args.startup_timeout
+                    name,
+                    run_dir,
+                    model_path,
+                    body_files["platform"],
+                    args.startup_timeout,
+                    src=args.aiserve_src.resolve(),
                 )
             else:
                 launched = start_peer(name, peers[name], run_dir, body_files, args.startup_timeout)

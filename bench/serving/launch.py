@@ -117,14 +117,14 @@ def start_peer(
     return launched
 
 
-def serve_help() -> str:
-    """``aiserve serve --help`` of the code under test (to see which flags this branch has)."""
+def serve_help(src: Path) -> str:
+    """``aiserve serve --help`` of the checkout ``src`` (to see which flags it has)."""
     done = subprocess.run(
         [sys.executable, "-m", "aiserve_mcp", "serve", "--help"],
         capture_output=True,
         text=True,
         check=False,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=str(src)),
     )
     return done.stdout + done.stderr
 
@@ -144,10 +144,10 @@ def drop_database(database: str) -> None:
     )
 
 
-def aiserve_env(stack: AiserveStack, data_dir: Path, database: str | None) -> dict[str, str]:
+def aiserve_env(stack: AiserveStack, data_dir: Path, database: str | None, src: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISERVE_")}
     env.update(
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=str(src),
         AISERVE_DATA_DIR=str(data_dir),
         AISERVE_MODEL_THREADS="1",
         AISERVE_RATE_LIMIT="100000000",
@@ -164,11 +164,18 @@ def aiserve_env(stack: AiserveStack, data_dir: Path, database: str | None) -> di
 
 
 def start_aiserve(
-    name: str, run_dir: Path, model_path: str, body_file: str, timeout: int, model_name: str = "mlp"
+    name: str,
+    run_dir: Path,
+    model_path: str,
+    body_file: str,
+    timeout: int,
+    model_name: str = "mlp",
+    src: Path = REPO,
 ) -> Launched:
-    """``aiserve serve`` of this checkout pinned as ``AISERVE_STACKS[name]`` says; sign up, API key, upload
-    the model as ``model_name``, wait for ``ready``, check one prediction with ``body_file`` (none when
-    empty)."""
+    """``aiserve serve`` of the checkout ``src`` (this one by default) pinned as ``AISERVE_STACKS[name]``
+    says; sign up, API key, upload the model as ``model_name``, wait for ``ready``, check one prediction
+    with ``body_file`` (none when empty; retried until the deadline, as with several processes another
+    one may still be loading the model)."""
     stack = AISERVE_STACKS[name]
     port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix=f"{name}_data_", dir=run_dir))
@@ -176,7 +183,7 @@ def start_aiserve(
     command = ["taskset", "-c", stack.server_cpus, sys.executable, "-m", "aiserve_mcp", "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     if stack.workers > 1:
-        if "--workers" not in serve_help():
+        if "--workers" not in serve_help(src):
             launched = Launched(None, log)
             launched.error = "needs `aiserve serve --workers`, which this branch does not have"
             return launched
@@ -187,7 +194,7 @@ def start_aiserve(
         proc = subprocess.Popen(  # noqa: S603
             command,
             cwd=run_dir,
-            env=aiserve_env(stack, data_dir, database),
+            env=aiserve_env(stack, data_dir, database, src),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -209,18 +216,26 @@ def start_aiserve(
             provision(http, launched, model_path, model_name, started + timeout)
             launched.url = f"{launched.base}/api/v1/models/{launched.model_id}/predict"
             if body_file:
-                answer = http.post(
-                    launched.url,
-                    content=Path(body_file).read_bytes(),
-                    headers={"Content-Type": "application/json", **launched.headers},
-                )
-                if answer.status_code != 200 or "outputs" not in answer.json():
-                    raise RuntimeError(f"sample predict: {answer.status_code} {answer.text[:200]}")
-                launched.sample = answer.text[:160]
+                launched.sample = sample_predict(http, launched, body_file, started + timeout)
             launched.startup_s = round(time.time() - started, 2)
     except Exception as exc:  # a row with the error, not a crash
         launched.error = f"{type(exc).__name__}: {exc}"
     return launched
+
+
+def sample_predict(http: httpx.Client, launched: Launched, body_file: str, deadline: float) -> str:
+    """One prediction answered 200 with outputs (retried until ``deadline``); its start."""
+    while True:
+        answer = http.post(
+            launched.url,
+            content=Path(body_file).read_bytes(),
+            headers={"Content-Type": "application/json", **launched.headers},
+        )
+        if answer.status_code == 200 and "outputs" in answer.json():
+            return answer.text[:160]
+        if time.time() > deadline:
+            raise RuntimeError(f"sample predict: {answer.status_code} {answer.text[:200]}")
+        time.sleep(0.2)
 
 
 def provision(
