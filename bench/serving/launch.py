@@ -125,6 +125,7 @@ def serve_help(src: Path) -> str:
         text=True,
         check=False,
         env=dict(os.environ, PYTHONPATH=str(src)),
+        cwd=src,  # `-m` puts the working directory first on the path
     )
     return done.stdout + done.stderr
 
@@ -185,7 +186,7 @@ def start_aiserve(
     if stack.workers > 1:
         if "--workers" not in serve_help(src):
             launched = Launched(None, log)
-            launched.error = "needs `aiserve serve --workers`, which this branch does not have"
+            launched.error = f"needs `aiserve serve --workers`, which {src} does not have"
             return launched
         command += ["--workers", str(stack.workers)]
     database = fresh_database(name) if stack.shared_state else None

@@ -96,7 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serving.profile", description=__doc__)
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
     parser.add_argument("--peers-kit", type=Path, default=REPO.parent / "shared" / "bench-peers")
-    parser.add_argument("--stack", default="aiserve_batch", choices=["aiserve", "aiserve_batch"])
+    parser.add_argument("--stack", default="aiserve_batch", choices=list(AISERVE_STACKS))
     parser.add_argument("--model", default="small", choices=list(SIZES))
     parser.add_argument("--conc", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=15)
