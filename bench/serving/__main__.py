@@ -26,8 +26,8 @@ Two stacks compare 1 and 2 server processes, unpinned on both cores (server and 
 0,1``), state in PostgreSQL (a fresh database, ``createdb -h 127.0.0.1 -U postgres``) and Redis
 (127.0.0.1:6379, a prefix of its own): ``aiserve_pg`` (one process) and ``aiserve_w2`` (``--workers
 2``, which needs a checkout with that flag, see ``--aiserve-src``; without it the row says so).
-Extras (``--extras``): ``mcp_rest`` (``mcp_rest.py``: one read tool over MCP and REST on the
-``aiserve`` server, first model) and ``big_input`` (``big_input.py``: a 1 MiB tensor as JSON and as
+Extras (``--extras``), each on a fresh ``aiserve`` server: ``mcp_rest`` (``mcp_rest.py``: one read
+tool over MCP and REST) and ``big_input`` (``big_input.py``: a 1 MiB tensor as JSON and as
 binary tensor data at ``--big-conc``).
 
 Then issue 16's targets are checked (pass / fail) and everything is written to ``--out`` (JSON).
@@ -53,7 +53,7 @@ from typing import Any
 from bench.serving.big_input import measure_big_input, print_big_input
 from bench.serving.launch import start_aiserve, start_peer, stop
 from bench.serving.load import floor_us, measure
-from bench.serving.mcp_rest import compare, print_mcp_rest
+from bench.serving.mcp_rest import measure_mcp_rest, print_mcp_rest
 from bench.serving.report import add_tax, print_table, targets
 from bench.serving.stacks import AISERVE_STACKS, ALL_STACKS, KIT_FILES, PINNED_STACKS, REPO, SIZES, load_kit
 
@@ -155,8 +155,6 @@ def main() -> None:
                 launched = start_peer(name, peers[name], run_dir, body_files, args.startup_timeout)
             try:
                 rows.extend(measure(launched, name, model, concs, args.duration, args.repeats, bp))
-                if name == "aiserve" and "mcp_rest" in extras and "mcp_rest" not in report:
-                    report["mcp_rest"] = compare(launched, bp)
             except Exception as exc:  # a row with the error, not a crash
                 rows.append({"stack": name, "model": model, "error": f"{type(exc).__name__}: {exc}"})
             finally:
@@ -165,6 +163,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
             time.sleep(2)
             save()
+    if "mcp_rest" in extras:
+        report["mcp_rest"] = measure_mcp_rest(work / "mcp_rest", args.startup_timeout, bp, ort_floor)
     if "big_input" in extras:
         big_concs = [int(c) for c in args.big_conc.split(",")]
         report["big_input"] = measure_big_input(

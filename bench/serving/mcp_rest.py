@@ -1,5 +1,9 @@
 """One read tool through MCP and through REST on the same server, one request at a time.
 
+The server is a fresh ``aiserve`` stack serving the small MLP, which has answered one prediction: the
+tool's own cost does not grow with the model's traffic (``get_model`` summarises the model's latency
+window, up to 10,000 predictions, on every call).
+
 The tool is ``get_model`` (``GET /api/v1/models/{id}`` over REST; ``tools/call`` of ``get_model`` as a
 stateless JSON-RPC POST to ``/api/v1/mcp``), both with the same API key. The client is this process,
 pinned to CPU 1 (the server is on CPU 0), on one keep-alive ``http.client`` connection per surface; after
@@ -19,11 +23,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.serving.launch import Launched
+from bench.serving.launch import Launched, start_aiserve, stop
 from bench.serving.load import cpu_ticks
+from bench.serving.stacks import SIZES
 
 MCP_PATH = "/api/v1/mcp"
 TOOL = "get_model"
@@ -142,7 +148,29 @@ def compare(launched: Launched, bp: Any, calls: int = 4000, blocks: int = 10) ->
     return {"tool": TOOL, "rows": rows}
 
 
+def measure_mcp_rest(run_dir: Path, timeout: int, bp: Any, ort_floor: Any) -> dict[str, Any]:
+    """``compare`` on a fresh ``aiserve`` server, or the error."""
+    import onnx
+
+    run_dir.mkdir(exist_ok=True)
+    model_path, body = run_dir / "small.onnx", run_dir / "body.json"
+    onnx.save(ort_floor.make_mlp(SIZES["small"], "small"), str(model_path))
+    body.write_text(json.dumps(bp.bodies(SIZES["small"][0])["platform"]))
+    launched = start_aiserve("aiserve", run_dir, str(model_path), str(body), timeout)
+    try:
+        if launched.error:
+            return {"error": launched.error}
+        return compare(launched, bp)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        stop(launched, bp)
+
+
 def print_mcp_rest(result: dict[str, Any]) -> None:
+    if result.get("error"):
+        print(f"\n### MCP tools/call vs REST: error: {result['error']}")
+        return
     rows = result["rows"]
     rest = rows[0]
     print(f"\n### MCP tools/call vs REST: {result['tool']}, one request at a time (client on CPU 1)\n")

@@ -27,9 +27,11 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from bench.serving.launch import start_aiserve, stop
-from bench.serving.load import cpu_ticks, hey
+from bench.serving.launch import Launched, start_aiserve, stop
+from bench.serving.load import cpu_ticks
+from bench.serving.mcp_rest import MCP_PATH, surfaces
 from bench.serving.stacks import AISERVE_STACKS, REPO, SIZES, load_kit
 
 # (area, regex on one frame "function (path:line)"); the innermost non-generic frame picks the area.
@@ -40,13 +42,20 @@ AREAS: list[tuple[str, str]] = [
     ("batching dispatcher", r"serving/batching\.py|serving/host\.py"),
     ("tensor prep", r"aiserve_mcp/runtime/|numpy/"),
     ("tool runner and input model", r"aiserve_mcp/tools/|pydantic"),
+    ("database (SQLAlchemy, aiosqlite, asyncpg) and Redis", r"sqlalchemy/|aiosqlite/|asyncpg/|redis/"),
     (
         "auth and admission",
-        r"protocols/admission\.py|aiserve_mcp/accounts/|rate_?(limit|windows)|sqlalchemy/|ttl_cache\.py",
+        r"protocols/admission\.py|aiserve_mcp/accounts/|rate_?(limit|windows)|ttl_cache\.py",
     ),
+    ("MCP SDK and aiserve's MCP adapter", r"site-packages/mcp/|aiserve_mcp/protocols/mcp/|jsonschema"),
     ("request body, middleware and route", r"aiserve_mcp/|starlette/"),
     ("uvicorn/httptools: HTTP parse and ASGI plumbing", r"uvicorn/|httptools|logging/"),
 ]
+INCLUSIVE = {
+    "the tool run (call_tool: authorization, input model, tool, metrics)": r"^call_tool .*runner\.py",
+    "the MCP SDK": r"site-packages/mcp/",
+    "pydantic": r"site-packages/pydantic",
+}
 SOCKET_WRITE = "socket writes (transport.write)"
 GENERIC = re.compile(
     r"asyncio/|contextlib\.py|functools\.py|typing\.py|threading\.py|concurrent/|selectors\.py|anyio/"
@@ -92,12 +101,84 @@ def breakdown(stacks: Counter[tuple[str, ...]]) -> dict[str, int]:
     return dict(areas.most_common())
 
 
+def load_command(
+    launched: Launched, route: str, body_file: Path, cpus: str, seconds: int, conc: int
+) -> list[str]:
+    """hey on ``cpus`` against ``route``: the prediction, or ``get_model`` over REST or MCP (JSON)."""
+    cmd = ["taskset", "-c", cpus, "hey", "-z", f"{seconds}s", "-c", str(conc)]
+    cmd += ["-H", f"X-API-Key: {launched.headers['X-API-Key']}"]
+    if route == "rest":
+        return [*cmd, f"{launched.base}/api/v1/models/{launched.model_id}"]
+    cmd += ["-m", "POST", "-T", "application/json", "-D", str(body_file)]
+    if route == "mcp":
+        return [*cmd, "-H", "Accept: application/json", f"{launched.base}{MCP_PATH}"]
+    return [*cmd, launched.url]
+
+
+def record(
+    launched: Launched, args: argparse.Namespace, raw: Path, body_file: Path, bp: Any
+) -> tuple[float, str]:
+    """py-spy over ``args.seconds`` of load: the server's CPU seconds per wall second, and hey's output."""
+    assert launched.proc is not None
+    cpus = AISERVE_STACKS[args.stack].load_cpus
+    warm_up = load_command(launched, args.route, body_file, cpus, 3, 8)
+    subprocess.run(warm_up, check=True, capture_output=True)  # noqa: S603
+    load_cmd = load_command(launched, args.route, body_file, cpus, args.seconds + 4, args.conc)
+    load = subprocess.Popen(load_cmd, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    time.sleep(2)
+    spy = ["taskset", "-c", "1", args.py_spy, "record", "--pid", str(launched.proc.pid), "--format", "raw"]
+    spy += ["--duration", str(args.seconds), "--rate", str(args.rate), "--nonblocking", "--threads"]
+    spy += ["--full-filenames", "--output", str(raw)]
+    pids = bp.tree_pids(launched.proc.pid)
+    before, started = cpu_ticks(pids), time.monotonic()
+    subprocess.run(spy, check=True, capture_output=True)  # noqa: S603
+    cpu_s = sum(t - before.get(p, 0) for p, t in cpu_ticks(pids).items()) / os.sysconf("SC_CLK_TCK")
+    wall_s = time.monotonic() - started
+    stdout, _ = load.communicate()
+    return cpu_s / wall_s, stdout
+
+
+def report(
+    stacks: Counter[tuple[str, ...]], rps: float | None, cpu_per_s: float, title: str
+) -> dict[str, Any]:
+    """Print the areas and the top leaf frames; the summary."""
+    areas = breakdown(stacks)
+    total = sum(areas.values())
+    cpu_us = cpu_per_s * 1e6 / rps if rps else None
+    print(f"\n### where aiserve's CPU goes: {title}, {total} samples\n")
+    print(f"hey: {rps} req/s; server CPU {cpu_per_s:.2f} s per second", end="")
+    print(f" = {cpu_us:.0f} µs per request\n" if cpu_us else "\n")
+    print("| area | share of samples | µs per request |")
+    print("|---|---:|---:|")
+    for area, count in areas.items():
+        per_request = f"{count / total * cpu_us:.0f}" if cpu_us else "-"
+        print(f"| {area} | {100 * count / total:.1f}% | {per_request} |")
+    print("\nsamples with a frame of (inclusive, so they overlap):")
+    for label, pattern in INCLUSIVE.items():
+        count = sum(c for frames, c in stacks.items() if any(re.search(pattern, f) for f in frames))
+        per_request = f", {count / total * cpu_us:.0f} µs per request" if cpu_us else ""
+        print(f"  {100 * count / total:5.1f}%{per_request}  {label}")
+    leaves: Counter[str] = Counter()
+    for frames, count in stacks.items():
+        leaves[frames[-1] if frames else "?"] += count
+    print("\ntop leaf frames:")
+    for frame, count in leaves.most_common(25):
+        print(f"  {100 * count / total:5.1f}%  {frame}")
+    return {"rps": rps, "cpu_us_per_req": cpu_us, "areas": areas}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serving.profile", description=__doc__)
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
     parser.add_argument("--peers-kit", type=Path, default=REPO.parent / "shared" / "bench-peers")
     parser.add_argument("--stack", default="aiserve_batch", choices=list(AISERVE_STACKS))
     parser.add_argument("--model", default="small", choices=list(SIZES))
+    parser.add_argument(
+        "--route",
+        default="predict",
+        choices=["predict", "rest", "mcp"],
+        help="the prediction route, or the read tool get_model over REST or over MCP (JSON)",
+    )
     parser.add_argument("--conc", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
@@ -115,72 +196,20 @@ def main() -> None:
     body = work / "body.json"
     body.write_text(json.dumps(bp.bodies(nfeat)["platform"]))
     launched = start_aiserve(args.stack, work, str(model_path), str(body), 180)
+    name = f"{args.stack}_{args.model}_{args.route}_c{args.conc}"
+    raw = out / f"profile_{name}.txt"
     try:
         if launched.error or launched.proc is None:
             raise SystemExit(f"aiserve did not start: {launched.error}")
-        hey(launched.url, launched.body, 8, 3, launched.headers, bp)  # warm-up
-        raw = out / f"profile_{args.stack}_{args.model}_c{args.conc}.txt"
-        load_cmd = [
-            "taskset",
-            "-c",
-            AISERVE_STACKS[args.stack].load_cpus,
-            "hey",
-            "-z",
-            f"{args.seconds + 4}s",
-        ]
-        load_cmd += ["-c", str(args.conc), "-m", "POST", "-T", "application/json", "-D", launched.body]
-        load_cmd += ["-H", f"X-API-Key: {launched.headers['X-API-Key']}", launched.url]
-        load = subprocess.Popen(load_cmd, stdout=subprocess.PIPE, text=True)  # noqa: S603
-        time.sleep(2)
-        spy = [
-            "taskset",
-            "-c",
-            "1",
-            args.py_spy,
-            "record",
-            "--pid",
-            str(launched.proc.pid),
-            "--format",
-            "raw",
-        ]
-        spy += ["--duration", str(args.seconds), "--rate", str(args.rate), "--nonblocking", "--threads"]
-        spy += ["--full-filenames", "--output", str(raw)]
-        pids = bp.tree_pids(launched.proc.pid)
-        before, started = cpu_ticks(pids), time.monotonic()
-        subprocess.run(spy, check=True, capture_output=True)  # noqa: S603
-        cpu_s = sum(t - before.get(p, 0) for p, t in cpu_ticks(pids).items()) / os.sysconf("SC_CLK_TCK")
-        wall_s = time.monotonic() - started
-        stdout, _ = load.communicate()
+        if args.route == "mcp":
+            body.write_bytes(surfaces(launched)[2].body or b"")
+        cpu_per_s, stdout = record(launched, args, raw, body, bp)
     finally:
         stop(launched, bp)
-    rps = bp.parse_hey(stdout)["rps"]
-    stacks = parse_raw(raw.read_text())
-    areas = breakdown(stacks)
-    total = sum(areas.values())
-    cpu_us = cpu_s * 1e6 / (rps * wall_s) if rps else None
-    print(
-        f"\n### where aiserve's CPU goes: {args.stack}, {args.model} model, c={args.conc}, {total} samples\n"
-    )
-    print(f"hey: {rps} req/s; server CPU over the profile: {cpu_s:.2f} s in {wall_s:.1f} s", end="")
-    print(f" = {cpu_us:.0f} µs per request\n" if cpu_us else "\n")
-    print("| area | share of samples | µs per request |")
-    print("|---|---:|---:|")
-    for area, count in areas.items():
-        share = count / total
-        print(
-            f"| {area} | {100 * share:.1f}% | {share * cpu_us:.0f} |"
-            if cpu_us
-            else f"| {area} | {100 * share:.1f}% | - |"
-        )
-    leaves: Counter[str] = Counter()
-    for frames, count in stacks.items():
-        leaves[frames[-1] if frames else "?"] += count
-    print("\ntop leaf frames:")
-    for frame, count in leaves.most_common(25):
-        print(f"  {100 * count / total:5.1f}%  {frame}")
-    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "rps": rps, "cpu_us_per_req": cpu_us}
-    summary["areas"] = areas
-    (out / f"{raw.stem}.json").write_text(json.dumps(summary, indent=1))
+    title = f"{args.stack}, {args.model} model, {args.route}, c={args.conc}"
+    summary = report(parse_raw(raw.read_text()), bp.parse_hey(stdout)["rps"], cpu_per_s, title)
+    summary["args"] = {k: str(v) for k, v in vars(args).items()}
+    (out / f"profile_{name}.json").write_text(json.dumps(summary, indent=1))
     print(f"\nraw profile: {raw}")
 
 
