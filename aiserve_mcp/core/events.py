@@ -10,6 +10,7 @@ loses its oldest events (its queue is bounded), never blocks a publisher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 STREAMS: Final = ("instances", "spending", "models", "metrics", "approvals")
 QUEUE_SIZE: Final = 256
+CLOSE_WAIT_S: Final = 2.0  # how long closing waits for the Redis listener to subscribe, then to stop
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,15 @@ class RedisEventBus:
 
     async def aclose(self) -> None:
         if self._listener is not None:
+            # redis-py's PubSub cannot be torn down if it is cancelled while it connects and subscribes
+            # (its teardown then waits forever, uncancellably): let a listener that is starting finish
+            # subscribing before it is cancelled, and never wait on it forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listening.wait(), CLOSE_WAIT_S)
             self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            _, pending = await asyncio.wait({self._listener}, timeout=CLOSE_WAIT_S)
+            if pending:
+                log.warning("the event listener did not stop within %.0f s; left behind", CLOSE_WAIT_S)
         await self._local.aclose()
 
 
